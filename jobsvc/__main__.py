@@ -1,0 +1,3 @@
+from jobsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""The ``jobsvc`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, banner
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobsvc", description="Background jobs over QStash.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev = commands.add_parser(
+        "qstash-dev",
+        help="run the local QStash-compatible server",
+        description=(
+            "Run the local QStash-compatible server. Every option also reads an environment "
+            "variable (JOBSVC_QSTASH_DEV_HOST, _PORT, _DATABASE_URL, _TOKEN, "
+            "_CURRENT_SIGNING_KEY, _NEXT_SIGNING_KEY, _TIME_SCALE)."
+        ),
+    )
+    dev.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="port to listen on, 0 for any (default 8080)")
+    dev.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of the state (default sqlite:///jobsvc-qstash.sqlite3)",
+    )
+    dev.add_argument("--token", help="accept this token instead of the four public dev users")
+    dev.add_argument("--current-signing-key", help="signing key for --token")
+    dev.add_argument("--next-signing-key", help="next signing key for --token")
+    dev.add_argument(
+        "--time-scale",
+        type=float,
+        help="multiply every delay and backoff by this factor (tests use e.g. 0.001)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "qstash-dev":
+        return _qstash_dev(args)
+    return 2  # argparse rejects unknown commands before this
+
+
+def _qstash_dev(args: argparse.Namespace) -> int:
+    try:
+        settings = LocalQStashSettings.from_env(
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            token=args.token,
+            current_signing_key=args.current_signing_key,
+            next_signing_key=args.next_signing_key,
+            time_scale=args.time_scale,
+        )
+    except ValueError as exc:
+        print(f"jobsvc qstash-dev: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _run(_serve(settings))
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        reason = exc.strerror or exc
+        print(f"jobsvc qstash-dev: cannot listen on {where}: {reason}", file=sys.stderr)
+        return 1
+    except (ArgumentError, OperationalError, ValueError) as exc:
+        print(
+            f"jobsvc qstash-dev: cannot open the database {settings.database_url}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _serve(settings: LocalQStashSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with LocalQStashServer(settings) as server:
+        print(banner(server), flush=True)
+        await stop.wait()
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is installed with uvicorn[standard]
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]

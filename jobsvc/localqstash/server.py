@@ -1,0 +1,172 @@
+"""Running the local QStash server: inside an event loop, in a thread, or as the CLI's process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from jobsvc.localqstash.api import Api
+from jobsvc.localqstash.engine import Engine
+from jobsvc.localqstash.schedules import Scheduler
+from jobsvc.localqstash.settings import LocalQStashSettings
+from jobsvc.localqstash.store import Store
+from jobsvc.localqstash.users import User, users_for
+
+log = logging.getLogger("jobsvc.localqstash")
+
+
+class LocalQStashServer:
+    """The server on a real port. ``async with LocalQStashServer(settings) as server:`` starts it
+    in the running loop; ``server.url`` is then where the SDKs reach it (port 0 picks one)."""
+
+    def __init__(self, settings: LocalQStashSettings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.users: tuple[User, ...] = users_for(settings)
+        self.store = Store(settings.database_url)
+        self.engine = Engine(settings, self.store, self.users)
+        self.scheduler = Scheduler(self.engine)
+        self.app: Starlette = Api(self.engine, self.scheduler).app()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = settings.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def user(self) -> User:
+        """The first user: the one the SDKs' dev mode and the banner use."""
+        return self.users[0]
+
+    def env(self) -> dict[str, str]:
+        """The variables that point the official SDKs at this server."""
+        current, nxt = self.engine.keys.get(
+            self.user.user_id, (self.user.current_signing_key, self.user.next_signing_key)
+        )
+        return {
+            "QSTASH_URL": self.url,
+            "QSTASH_TOKEN": self.user.token,
+            "QSTASH_CURRENT_SIGNING_KEY": current,
+            "QSTASH_NEXT_SIGNING_KEY": nxt,
+        }
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.open)
+        try:
+            await self.engine.start()
+            await self.scheduler.start()
+            sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.settings.host, self.settings.port))
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+                backlog=2048,
+            )
+            self._server = _Server(config)
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started:
+                if self._task.done():
+                    await self._task
+                    raise RuntimeError("the local QStash server stopped while starting")
+                await asyncio.sleep(0.005)
+        except BaseException:
+            await self._stop_parts()
+            raise
+        log.info("local QStash server listening on %s", self.url, extra={"action": "listening"})
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._server = None
+        await self._stop_parts()
+
+    async def _stop_parts(self) -> None:
+        await self.scheduler.close()
+        await self.engine.close()
+        await asyncio.to_thread(self.store.close)
+
+    async def __aenter__(self) -> LocalQStashServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: whoever embeds the server decides when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def running(settings: LocalQStashSettings) -> AsyncIterator[LocalQStashServer]:
+    async with LocalQStashServer(settings) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: LocalQStashSettings) -> Iterator[LocalQStashServer]:
+    """Run the server on its own event loop in a background thread (for synchronous callers)."""
+    server = LocalQStashServer(settings)
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        loop_box.append(asyncio.get_running_loop())
+        try:
+            await server.start()
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+            return
+        ready.set()
+        await stop.wait()
+        await server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="local-qstash", daemon=True)
+    thread.start()
+    ready.wait()
+    if errors:
+        thread.join()
+        raise errors[0]
+    try:
+        yield server
+    finally:
+        assert stop is not None
+        loop_box[0].call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+
+
+def banner(server: LocalQStashServer) -> str:
+    lines = [f"jobsvc local QStash server is running at {server.url}"]
+    lines.append("Point the official SDKs at it with:")
+    lines += [f"{name}={value}" for name, value in server.env().items()]
+    return "\n".join(lines)

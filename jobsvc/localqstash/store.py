@@ -1,0 +1,211 @@
+"""Durable state behind the local QStash server.
+
+Writes go through one writer thread that commits them in groups: a burst of publishes costs one
+transaction, and each publisher is answered only after its own row is committed. Reads run on
+worker threads with their own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from jobsvc.localqstash import tables
+
+log = logging.getLogger("jobsvc.localqstash.store")
+T = TypeVar("T")
+MAX_BATCH = 2000
+
+
+class StoreError(Exception):
+    """The database refused or failed a write."""
+
+
+@dataclass
+class Insert:
+    """Insert one row; consecutive inserts into one table become one executemany."""
+
+    table: Table
+    row: dict[str, Any]
+
+
+@dataclass
+class Update:
+    """Set ``values`` on the row whose ``key`` column equals ``key_value``; batched by shape."""
+
+    table: Table
+    key: str
+    key_value: Any
+    values: dict[str, Any]
+
+
+@dataclass
+class Statement:
+    """Run any function on the connection inside the current transaction."""
+
+    run: Callable[[Connection], object]
+
+
+Op = Insert | Update | Statement
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine tuned for the server: WAL and a busy timeout on SQLite, a pool on PostgreSQL."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        if url.rstrip("/") in ("sqlite:", "sqlite:///:memory:") or ":memory:" in url:
+            raise ValueError("the local QStash server needs a file database, not :memory:")
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+class Store:
+    """The engine, the schema and the group-committing writer."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+        self._ops: queue.SimpleQueue[tuple[Op | None, _Waiter | None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        tables.metadata.create_all(self.engine)
+        self._thread = threading.Thread(target=self._write_loop, name="qstash-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and release connections."""
+        if self._thread is not None:
+            self._ops.put((None, None))
+            self._thread.join()
+            self._thread = None
+        self.engine.dispose()
+
+    def submit(self, *ops: Op) -> None:
+        """Queue writes without waiting for their commit (the delivery path's bookkeeping)."""
+        for op in ops:
+            self._ops.put((op, None))
+
+    async def write(self, *ops: Op) -> None:
+        """Queue writes and wait until they are committed together; ``StoreError`` if not."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        for op in ops[:-1]:
+            self._ops.put((op, None))
+        self._ops.put((ops[-1], (loop, future)))
+        await future
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a pooled connection in a worker thread."""
+        return await asyncio.to_thread(self.read_sync, fn)
+
+    def read_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn)
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[tuple[Op, _Waiter | None]] = []
+            op, waiter = self._ops.get()
+            if op is None:
+                break
+            batch.append((op, waiter))
+            while len(batch) < MAX_BATCH:
+                try:
+                    op, waiter = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stopping = True
+                    break
+                batch.append((op, waiter))
+            self._commit(batch)
+
+    def _commit(self, batch: Sequence[tuple[Op, _Waiter | None]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                _execute(conn, [op for op, _ in batch])
+        except SQLAlchemyError as exc:
+            if len(batch) == 1:
+                log.error("write failed: %s", exc, extra={"action": "store_write_failed"})
+                _resolve(batch, StoreError(str(exc)))
+                return
+            # Isolate the failing write so the others still commit.
+            for item in batch:
+                self._commit([item])
+            return
+        _resolve(batch, None)
+
+
+def _execute(conn: Connection, ops: Sequence[Op]) -> None:
+    """Inserts first, then updates, then statements, each kind in order and batched by table.
+
+    Nothing the server writes depends on another kind coming first: an update only touches a row
+    inserted in the same or an earlier batch, and statements touch other tables."""
+    inserts: dict[Table, list[dict[str, Any]]] = {}
+    updates: dict[tuple[Table, str, tuple[str, ...]], list[dict[str, Any]]] = {}
+    statements: list[Statement] = []
+    for op in ops:
+        if isinstance(op, Insert):
+            inserts.setdefault(op.table, []).append(op.row)
+        elif isinstance(op, Update):
+            shape = (op.table, op.key, tuple(sorted(op.values)))
+            updates.setdefault(shape, []).append({"_key": op.key_value, **op.values})
+        else:
+            statements.append(op)
+    for table, rows in inserts.items():
+        conn.execute(table.insert(), rows)
+    for (table, key, columns), rows in updates.items():
+        stmt = (
+            table.update()
+            .where(table.c[key] == bindparam("_key"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        conn.execute(stmt, rows)
+    for statement in statements:
+        statement.run(conn)
+
+
+def _resolve(batch: Sequence[tuple[Op, _Waiter | None]], error: Exception | None) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, waiter in batch:
+        if waiter is not None:
+            by_loop.setdefault(waiter[0], []).append(waiter[1])
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle, futures, error)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
