@@ -9,7 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, banner
 
@@ -72,16 +73,29 @@ def _qstash_dev(args: argparse.Namespace) -> int:
         reason = exc.strerror or exc
         print(f"jobsvc qstash-dev: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
-    except (ArgumentError, OperationalError, ValueError) as exc:
+    # ImportError: a dialect whose driver is not installed (e.g. mysql:// without MySQLdb).
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
         print(
-            f"jobsvc qstash-dev: cannot open the database {settings.database_url}: {exc}",
+            f"jobsvc qstash-dev: cannot open the database {_safe_url(settings.database_url)}: "
+            f"{exc}",
             file=sys.stderr,
         )
         return 1
     return 0
 
 
+def _safe_url(url: str) -> str:
+    """``url`` with its password masked, for error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 async def _serve(settings: LocalQStashSettings) -> None:
+    # The store's writer thread competes for the GIL; a short switch interval keeps the event
+    # loop from waiting behind it for the default 5 ms after every system call.
+    sys.setswitchinterval(0.0005)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

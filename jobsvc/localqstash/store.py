@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event
+from sqlalchemy import Connection, Engine, Table, bindparam, column, create_engine, event, values
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from jobsvc.localqstash import tables
+from jobsvc.localqstash import schema
 
 log = logging.getLogger("jobsvc.localqstash.store")
 T = TypeVar("T")
@@ -91,7 +91,8 @@ class Store:
         self._thread: threading.Thread | None = None
 
     def open(self) -> None:
-        tables.metadata.create_all(self.engine)
+        """Migrate the schema to the newest revision, then start the writer."""
+        schema.upgrade(self.engine)
         self._thread = threading.Thread(target=self._write_loop, name="qstash-writer", daemon=True)
         self._thread.start()
 
@@ -181,12 +182,24 @@ def _execute(conn: Connection, ops: Sequence[Op]) -> None:
     for table, rows in inserts.items():
         conn.execute(table.insert(), rows)
     for (table, key, columns), rows in updates.items():
-        stmt = (
+        if len(rows) == 1 or conn.dialect.name != "postgresql":
+            stmt = (
+                table.update()
+                .where(table.c[key] == bindparam("_key"))
+                .values({c: bindparam(c) for c in columns})
+            )
+            conn.execute(stmt, rows)
+            continue
+        # PostgreSQL: one UPDATE ... FROM (VALUES ...) instead of a round trip per row.
+        names = ("_key", *columns)
+        source = values(
+            *(column(n, table.c[key if n == "_key" else n].type) for n in names), name="v"
+        ).data([tuple(row[n] for n in names) for row in rows])
+        conn.execute(
             table.update()
-            .where(table.c[key] == bindparam("_key"))
-            .values({c: bindparam(c) for c in columns})
+            .where(table.c[key] == source.c["_key"])
+            .values({c: source.c[c] for c in columns})
         )
-        conn.execute(stmt, rows)
     for statement in statements:
         statement.run(conn)
 

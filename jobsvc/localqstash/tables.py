@@ -17,6 +17,8 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+# 64-bit sequence numbers; SQLite only autoincrements a column declared INTEGER.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
 
 # Every message ever accepted, until retention removes it after it ended. ``data`` holds the
 # delivery configuration (headers, callbacks, retry settings); the columns are what is filtered on.
@@ -60,7 +62,7 @@ schedules = Table(
 dlq = Table(
     "qstash_dlq",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("dlq_id", String(64), nullable=False, unique=True),
     Column("user_id", String(64), nullable=False),
     Column("message_id", String(64), nullable=False),
@@ -80,7 +82,7 @@ dlq = Table(
 events = Table(
     "qstash_events",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("user_id", String(64), nullable=False),
     Column("time", BigInteger, nullable=False),
     Column("message_id", String(64), nullable=False),

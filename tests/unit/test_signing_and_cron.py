@@ -1,0 +1,59 @@
+import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import jwt
+import pytest
+from qstash import Receiver
+from qstash.errors import SignatureError
+
+from jobsvc.localqstash.errors import BadRequest
+from jobsvc.localqstash.schedules import next_fire_time, parse_cron
+from jobsvc.localqstash.signing import new_signing_key, sign
+
+CURRENT = "sig_7kYjw48mhY7kAjqNGcy6cr29RJ6r"
+NEXT = "sig_5ZB6DVzB1wjE8S6rZ7eenA8Pdnhs"
+
+
+def test_signature_verifies_with_the_sdk_receiver() -> None:
+    token = sign(CURRENT, url="http://127.0.0.1:9/a?x=1", body=b'{"n":1}')
+    Receiver(CURRENT, NEXT).verify(signature=token, body='{"n":1}', url="http://127.0.0.1:9/a?x=1")
+    claims = jwt.decode(token, CURRENT, algorithms=["HS256"], options={"verify_sub": False})
+    assert claims["iss"] == "Upstash"
+    assert "aud" not in claims
+    assert isinstance(claims["jti"], str)
+    assert claims["nbf"] <= time.time()
+
+
+@pytest.mark.parametrize(
+    ("body", "url"), [(b"tampered", "http://127.0.0.1:9/a"), (b"original", "http://other/a")]
+)
+def test_signature_rejects_other_body_or_url(body: bytes, url: str) -> None:
+    token = sign(CURRENT, url="http://127.0.0.1:9/a", body=b"original")
+    with pytest.raises(SignatureError):
+        Receiver(CURRENT, NEXT).verify(signature=token, body=body.decode(), url=url)
+
+
+def test_new_keys_look_like_qstash_keys() -> None:
+    key = new_signing_key()
+    assert key.startswith("sig_")
+    assert len(key) == 32
+    assert key != new_signing_key()
+
+
+def test_cron_in_utc_and_with_time_zone() -> None:
+    after = datetime(2026, 3, 1, 10, 0, tzinfo=UTC).timestamp()
+    assert datetime.fromtimestamp(next_fire_time("0 9 * * *", after), UTC) == datetime(
+        2026, 3, 2, 9, 0, tzinfo=UTC
+    )
+    ny = next_fire_time("CRON_TZ=America/New_York 0 9 * * *", after)
+    assert datetime.fromtimestamp(ny, ZoneInfo("America/New_York")).hour == 9
+    assert parse_cron("CRON_TZ=Europe/Berlin */5 * * * *")[1] == ZoneInfo("Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    "cron", ["", "* * * *", "61 * * * *", "* * * * * *", "CRON_TZ=Mars/Base 0 9 * * *"]
+)
+def test_bad_cron_expressions(cron: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_cron(cron)
