@@ -65,7 +65,10 @@ class LocalQStashServer:
         try:
             await self.engine.start()
             await self.scheduler.start()
-            sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+            # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without
+            # it Nagle holds back each response body until the client's delayed ACK (40 ms).
+            family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.host, self.settings.port))
             self.port = sock.getsockname()[1]
