@@ -31,6 +31,11 @@ class LocalQStashSettings:
     dedup_window_seconds: float = 600.0
     message_retention_seconds: float = 3600.0
     event_retention_seconds: float = 7 * 86400.0
+    # Plan limits, answered with 412 as QStash does: retries per message, delay ahead.
+    max_retries: int = 20
+    max_delay_seconds: float = 365 * 86400.0
+    # Requests per second per user before 429 with Burst-RateLimit-* headers; 0 for no limit.
+    burst_rate_limit: int = 0
 
     @classmethod
     def from_env(
@@ -58,6 +63,9 @@ class LocalQStashSettings:
             ("dedup_window_seconds", float),
             ("message_retention_seconds", float),
             ("event_retention_seconds", float),
+            ("max_retries", int),
+            ("max_delay_seconds", float),
+            ("burst_rate_limit", int),
         ):
             raw = get(name.upper())
             if raw is not None:

@@ -38,10 +38,29 @@ def server(make_server: ServerFactory) -> LocalQStashServer:
     return make_server()
 
 
+ClientFactory = Callable[..., QStash]
+
+
 @pytest.fixture
-def client(server: LocalQStashServer) -> QStash:
+def make_client() -> Iterator[ClientFactory]:
+    """``make_client(server, token=None)``: the official SDK's synchronous client for a server
+    (its first dev user unless ``token``), closed at teardown."""
+    made: list[QStash] = []
+
+    def make(server: LocalQStashServer, token: str | None = None) -> QStash:
+        client = QStash(token or server.user.token, base_url=server.url)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.http._client.close()  # the SDK has no close() of its own
+
+
+@pytest.fixture
+def client(server: LocalQStashServer, make_client: ClientFactory) -> QStash:
     """The official SDK's synchronous client, pointed at the server as its first dev user."""
-    return QStash(server.user.token, base_url=server.url)
+    return make_client(server)
 
 
 @pytest.fixture
