@@ -6,6 +6,7 @@ Endpoints raise ``ApiError``s; ``_error`` turns them into QStash's ``{"error": .
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -26,6 +27,7 @@ from jobsvc.localqstash.filters import values
 from jobsvc.localqstash.gates import FlowGate, QueueGate
 from jobsvc.localqstash.messages import Message
 from jobsvc.localqstash.options import Options, canonical, check_name, check_url, parse_options
+from jobsvc.localqstash.ratelimit import BurstLimit
 from jobsvc.localqstash.schedules import Scheduler
 from jobsvc.localqstash.store import StoreError
 from jobsvc.localqstash.users import User
@@ -41,6 +43,7 @@ class Api:
     def __init__(self, engine: Engine, scheduler: Scheduler) -> None:
         self.engine = engine
         self.scheduler = scheduler
+        self.burst = BurstLimit(engine.settings.burst_rate_limit)
 
     def app(self, *, lifespan: Any = None) -> Starlette:
         r = self._route
@@ -82,6 +85,7 @@ class Api:
             r("/v2/flowControl/{key}", self.get_flow, ["GET"]),
             r("/v2/flowControl/{key}/{action}", self.flow_action, ["POST"]),
             r("/v2/globalParallelism", self.global_parallelism, ["GET"]),
+            Route("/health", self.health, methods=["GET"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan)
 
@@ -93,13 +97,23 @@ class Api:
     ) -> Route:
         async def endpoint(request: Request) -> Response:
             try:
-                return await handler(request, self._authenticate(request))
+                user = self._authenticate(request)
+                self.burst.check(user.user_id)
+                return await handler(request, user)
             except ApiError as exc:
-                return _error(exc.status_code, exc.message)
+                return _error(exc.status_code, exc.message, exc.headers)
             except StoreError:
                 return _error(503, "storage unavailable, try again")
 
         return Route(path, endpoint, methods=methods)
+
+    async def health(self, request: Request) -> Response:
+        """Unauthenticated: 200 while the database answers, for container health checks."""
+        try:
+            await self.engine.store.read(lambda conn: conn.execute(select(1)).scalar())
+        except Exception:  # any database failure means "not healthy"
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     def _authenticate(self, request: Request) -> User:
         header = request.headers.get("authorization", "")
@@ -176,9 +190,7 @@ class Api:
                     )
                 )
             except ApiError as exc:
-                for done in prepared:
-                    for key in done.dedup_keys:
-                        self.engine.dedup.pop(key, None)
+                self.engine.discard(*prepared)
                 raise type(exc)(f"batch entry {index}: {exc.message}") from None
         await self.engine.commit(*prepared)
         out: list[Any] = []
@@ -473,7 +485,12 @@ class Api:
             "rateMax": gate.rate_max or 0,
             "rateCount": gate.window_count,
             "ratePeriod": int(gate.period),
-            "ratePeriodStart": int(gate.window_start) if gate.window_start else 0,
+            # window_start is on the monotonic clock; QStash reports unix seconds.
+            "ratePeriodStart": (
+                int(time.time() - (time.monotonic() - gate.window_start))
+                if gate.window_start
+                else 0
+            ),
             "isPaused": gate.paused,
             "isPinnedParallelism": gate.pinned_parallelism is not None,
             "isPinnedRate": gate.pinned_rate is not None,
@@ -535,8 +552,8 @@ class Api:
         )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _params(request: Request) -> Params:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -11,6 +13,7 @@ from jobsvc.localqstash.messages import Headers, Message
 from jobsvc.localqstash.signing import sign
 
 MAX_RESPONSE_BODY = 1024 * 1024
+log = logging.getLogger("jobsvc.localqstash.delivery")
 
 
 @dataclass
@@ -85,7 +88,7 @@ class Deliverer:
             async with self._session.request(
                 message.method,
                 message.url,
-                data=message.body if message.body or message.method != "GET" else None,
+                data=_payload(message),
                 headers=headers,
                 skip_auto_headers=skip,
                 timeout=aiohttp.ClientTimeout(total=timeout_seconds),
@@ -102,3 +105,19 @@ class Deliverer:
             raise
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Outcome(status=None, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        except Exception as exc:
+            # Whatever else goes wrong is a failed attempt too: the message must be retried,
+            # never left behind as in flight.
+            log.exception(
+                "delivery of %s failed", message.message_id, extra={"action": "attempt_error"}
+            )
+            return Outcome(status=None, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def _payload(message: Message) -> bytes | io.BytesIO | None:
+    """The request body; over 1 MiB as a stream, as aiohttp asks (it warns about raw bytes)."""
+    if not message.body and message.method == "GET":
+        return None
+    if len(message.body) > 1024 * 1024:
+        return io.BytesIO(message.body)
+    return message.body

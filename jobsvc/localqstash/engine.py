@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
@@ -32,7 +32,7 @@ from jobsvc.localqstash.durations import (
     parse_retry_after,
     retry_delay_ms,
 )
-from jobsvc.localqstash.errors import BadRequest, NotFound
+from jobsvc.localqstash.errors import BadRequest, NotFound, PreconditionFailed
 from jobsvc.localqstash.gates import FlowGate, Gate, QueueGate
 from jobsvc.localqstash.messages import (
     ACTIVE,
@@ -90,6 +90,8 @@ class Prepared:
     messages: list[Message]
     ops: list[Op]
     dedup_keys: list[tuple[str, str]]
+    # Queues this request created in memory: forgotten again if it is not committed.
+    new_queues: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Engine:
@@ -245,9 +247,13 @@ class Engine:
         elif options.delay_seconds:
             not_before = now + int(options.delay_seconds * 1000)
             due = now + int(options.delay_seconds * 1000 * self.scale)
+        self._check_plan(options, due - now)
         queue_name = queue_name or options.queue_name
         if queue_name is not None:
-            prepared.ops.extend(self._ensure_queue(user, queue_name, now))
+            queue_ops = self._ensure_queue(user, queue_name, now)
+            if queue_ops:
+                prepared.new_queues.append((user.user_id, queue_name))
+            prepared.ops.extend(queue_ops)
         for url, topic_name, endpoint_name in targets:
             dedup_key = self._dedup_key(destination, url, options, body)
             if dedup_key is not None:
@@ -296,6 +302,18 @@ class Engine:
                 prepared.ops.append(_dedup_op(user.user_id, dedup_key, message.message_id, expires))
         return prepared
 
+    def _check_plan(self, options: Options, wait_ms: int) -> None:
+        """Limits of the plan the server simulates; QStash answers 412 when one is exceeded."""
+        limits = self.settings
+        if options.retries is not None and options.retries > limits.max_retries:
+            raise PreconditionFailed(
+                f"retries {options.retries} exceeds the maximum of {limits.max_retries}"
+            )
+        if wait_ms / 1000 > limits.max_delay_seconds * self.scale:
+            raise PreconditionFailed(
+                f"delay exceeds the maximum of {int(limits.max_delay_seconds)} seconds"
+            )
+
     async def commit(self, *batch: Prepared) -> None:
         """Store prepared messages (one transaction) and only then let them be delivered."""
         ops = [op for prepared in batch for op in prepared.ops]
@@ -303,13 +321,19 @@ class Engine:
             if ops:
                 await self.store.write(*ops)
         except BaseException:
-            for prepared in batch:
-                for key in prepared.dedup_keys:
-                    self.dedup.pop(key, None)
+            self.discard(*batch)
             raise
         for prepared in batch:
             for message in prepared.messages:
                 self._admit(message)
+
+    def discard(self, *batch: Prepared) -> None:
+        """Undo what preparing did in memory for messages that will not be committed."""
+        for prepared in batch:
+            for key in prepared.dedup_keys:
+                self.dedup.pop(key, None)
+            for queue_key in prepared.new_queues:
+                self.queues.pop(queue_key, None)
 
     async def publish(
         self, user: User, destination: str, options: Options, body: bytes, **kwargs: Any
@@ -489,13 +513,14 @@ class Engine:
             self._callbacks(message, outcome, ops, dlq_id=dlq_id)
         else:
             delay = self._retry_delay_seconds(message, outcome)
+            # The callback reports the attempt that failed, so `retried` before counting it.
+            self._callbacks(message, outcome, ops)
             message.retried += 1
             message.due_at = now_ms() + int(delay * 1000 * self.scale)
             message.state = RETRY
             ops.append(self._event_op(message, ERROR, outcome=outcome))
             ops.append(self._event_op(message, RETRY, next_delivery=message.due_at))
             ops.append(_state_op(message))
-            self._callbacks(message, outcome, ops)
             heapq.heappush(self._heap, (message.due_at, next(self._seq), message.message_id))
             self._wake.set()
         self.store.submit(*ops)

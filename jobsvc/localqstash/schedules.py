@@ -296,7 +296,17 @@ class Scheduler:
                 "callerIp": caller_ip,
             },
         )
-        await self.engine.store.write(self._save_op(schedule))
+        # Replace it in memory first: a firing of the old version while this is being written
+        # would otherwise store the old settings over the new ones.
+        self.schedules[schedule_id] = schedule
+        try:
+            await self.engine.store.write(self._save_op(schedule))
+        except BaseException:
+            if existing is not None:
+                self._arm(existing)
+            else:
+                self.schedules.pop(schedule_id, None)
+            raise
         self._arm(schedule)
         return schedule
 
@@ -313,15 +323,20 @@ class Scheduler:
         )
 
     async def delete(self, user: User, schedule_id: str) -> None:
-        self.get(user, schedule_id)
+        schedule = self.get(user, schedule_id)
 
         def run(conn: Connection) -> None:
             conn.execute(
                 delete(tables.schedules).where(tables.schedules.c.schedule_id == schedule_id)
             )
 
-        await self.engine.store.write(Statement(run))
+        # Forget it first: a firing while the delete is being written would store it again.
         self.schedules.pop(schedule_id, None)
+        try:
+            await self.engine.store.write(Statement(run))
+        except BaseException:
+            self._arm(schedule)  # still stored, so still scheduled
+            raise
 
     async def set_paused(self, user: User, schedule_id: str, paused: bool) -> None:
         schedule = self.get(user, schedule_id)
@@ -336,3 +351,4 @@ class Scheduler:
         if schedule is not None and message.message_id in schedule.last_states:
             ok = message.state == DELIVERED
             schedule.last_states[message.message_id] = "SUCCESS" if ok else "FAIL"
+            self.engine.store.submit(self._save_op(schedule))  # so a restart keeps it
