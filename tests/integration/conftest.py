@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from qstash import QStash
+from qstash import AsyncQStash, QStash
 
 from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, serve_in_thread
 from tests.receiver import Receiver, ReceiverFactory
@@ -61,6 +61,16 @@ def make_client() -> Iterator[ClientFactory]:
 def client(server: LocalQStashServer, make_client: ClientFactory) -> QStash:
     """The official SDK's synchronous client, pointed at the server as its first dev user."""
     return make_client(server)
+
+
+@pytest.fixture
+async def async_client(server: LocalQStashServer) -> AsyncIterator[AsyncQStash]:
+    """The official SDK's asynchronous client, closed at teardown."""
+    client = AsyncQStash(server.user.token, base_url=server.url)
+    try:
+        yield client
+    finally:
+        await client.http._client.aclose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ while it waits and after it was delivered, and every way of cancelling one."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
@@ -15,9 +14,9 @@ from qstash.message import FlowControlProperties, PublishResponse
 
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.localqstash.users import DEV_USERS
+from tests.integration.conftest import ClientFactory
 from tests.receiver import Receiver
 
-ClientFactory = Callable[..., QStash]
 TEN_DAYS_MS = 10 * 86400 * 1000
 
 
@@ -46,37 +45,6 @@ def _wait_for_state(server: LocalQStashServer, message_id: str, state: str) -> l
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@pytest.fixture
-def make_client() -> Iterator[ClientFactory]:
-    """SDK clients, closed at teardown (an unclosed httpx pool leaks a socket, which
-    ``filterwarnings = error`` turns into a failure)."""
-    clients: list[QStash] = []
-
-    def make(server: LocalQStashServer, token: str | None = None) -> QStash:
-        client = QStash(server.user.token if token is None else token, base_url=server.url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.http._client.close()
-
-
-@pytest.fixture
-def client(server: LocalQStashServer, make_client: ClientFactory) -> QStash:
-    """Overrides the conftest fixture of the same name only to close the client afterwards."""
-    return make_client(server)
-
-
-@pytest.fixture
-async def async_client(server: LocalQStashServer) -> AsyncIterator[AsyncQStash]:
-    client = AsyncQStash(server.user.token, base_url=server.url)
-    try:
-        yield client
-    finally:
-        await client.http._client.aclose()
 
 
 # -- reading messages ---------------------------------------------------------------------------

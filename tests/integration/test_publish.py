@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -28,10 +27,8 @@ from qstash.message import (
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.localqstash.api import MAX_BODY
 from jobsvc.localqstash.users import DEV_USERS
+from tests.integration.conftest import ClientFactory, ServerFactory
 from tests.receiver import Delivery, Receiver, ReceiverFactory, Response
-
-ServerFactory = Callable[..., LocalQStashServer]
-
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -94,40 +91,6 @@ def _assert_nothing_stored(server: LocalQStashServer, rx: Receiver | None = None
         assert control.status_code == 200, control.text
         rx.wait_for(1, path="/control")
         assert [d.bare_path for d in rx.deliveries()] == ["/control"]
-
-
-ClientFactory = Callable[..., QStash]
-
-
-@pytest.fixture
-def make_client() -> Iterator[ClientFactory]:
-    """SDK clients, closed at teardown (an unclosed httpx pool leaks its keep-alive socket,
-    which ``filterwarnings = error`` turns into a failure of whichever test collects it)."""
-    clients: list[QStash] = []
-
-    def make(server: LocalQStashServer, token: str | None = None) -> QStash:
-        client = QStash(server.user.token if token is None else token, base_url=server.url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.http._client.close()
-
-
-@pytest.fixture
-def client(server: LocalQStashServer, make_client: ClientFactory) -> QStash:
-    """Overrides the conftest fixture of the same name only to close the client afterwards."""
-    return make_client(server)
-
-
-@pytest.fixture
-async def async_client(server: LocalQStashServer) -> AsyncIterator[AsyncQStash]:
-    client = AsyncQStash(server.user.token, base_url=server.url)
-    try:
-        yield client
-    finally:
-        await client.http._client.aclose()
 
 
 # -- publishing to a URL ----------------------------------------------------------------------
