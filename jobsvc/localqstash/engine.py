@@ -534,9 +534,10 @@ class Engine:
         ops.append(_state_op(message))
         if message.holds_queue_slot and message.queue_name is not None:
             message.holds_queue_slot = False
-            queue = self._queue(message.user_id, message.queue_name)
-            queue.active -= 1
-            self._drain(queue)
+            queue = self.queues.get((message.user_id, message.queue_name))
+            if queue is not None:  # None: the queue was deleted meanwhile
+                queue.active -= 1
+                self._drain(queue)
 
     def _retry_delay_seconds(self, message: Message, outcome: Outcome) -> float:
         for name in RETRY_AFTER_HEADERS:
@@ -764,8 +765,11 @@ class Engine:
         return queue
 
     async def delete_queue(self, user: User, name: str) -> None:
-        if self.queues.pop((user.user_id, name), None) is None:
+        """Delete a queue and cancel the messages still in it (one in flight finishes first)."""
+        if (user.user_id, name) not in self.queues:
             raise NotFound(f"queue {name} not found")
+        await self.cancel(user, self.live_ids(user, lambda m: m.queue_name == name))
+        self.queues.pop((user.user_id, name), None)
         await self.store.write(
             Statement(
                 lambda conn: conn.execute(
