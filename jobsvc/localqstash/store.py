@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam, column, create_engine, event, values
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from jobsvc.localqstash import schema
+from jobsvc.localqstash.bulk import insert_rows as bulk_insert
+from jobsvc.localqstash.bulk import update_rows as bulk_update
 
 log = logging.getLogger("jobsvc.localqstash.store")
 T = TypeVar("T")
@@ -179,27 +181,22 @@ def _execute(conn: Connection, ops: Sequence[Op]) -> None:
             updates.setdefault(shape, []).append({"_key": op.key_value, **op.values})
         else:
             statements.append(op)
+    bulk = conn.dialect.name == "postgresql"
     for table, rows in inserts.items():
-        conn.execute(table.insert(), rows)
+        if bulk and len(rows) > 1:
+            bulk_insert(conn, table, rows)
+        else:
+            conn.execute(table.insert(), rows)
     for (table, key, columns), rows in updates.items():
-        if len(rows) == 1 or conn.dialect.name != "postgresql":
-            stmt = (
-                table.update()
-                .where(table.c[key] == bindparam("_key"))
-                .values({c: bindparam(c) for c in columns})
-            )
-            conn.execute(stmt, rows)
+        if bulk and len(rows) > 1:
+            bulk_update(conn, table, key, columns, rows)
             continue
-        # PostgreSQL: one UPDATE ... FROM (VALUES ...) instead of a round trip per row.
-        names = ("_key", *columns)
-        source = values(
-            *(column(n, table.c[key if n == "_key" else n].type) for n in names), name="v"
-        ).data([tuple(row[n] for n in names) for row in rows])
-        conn.execute(
+        stmt = (
             table.update()
-            .where(table.c[key] == source.c["_key"])
-            .values({c: source.c[c] for c in columns})
+            .where(table.c[key] == bindparam("_key"))
+            .values({c: bindparam(c) for c in columns})
         )
+        conn.execute(stmt, rows)
     for statement in statements:
         statement.run(conn)
 
