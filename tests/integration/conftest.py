@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from qstash import AsyncQStash, QStash
 
@@ -61,6 +62,23 @@ def make_client() -> Iterator[ClientFactory]:
 def client(server: LocalQStashServer, make_client: ClientFactory) -> QStash:
     """The official SDK's synchronous client, pointed at the server as its first dev user."""
     return make_client(server)
+
+
+@contextlib.contextmanager
+def raw_http(server: LocalQStashServer, token: str | None = None) -> Iterator[httpx.Client]:
+    """Plain HTTP to the server as a user, for what the Python SDK does not send."""
+    with httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {token or server.user.token}"},
+        timeout=10,
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def raw(server: LocalQStashServer) -> Iterator[httpx.Client]:
+    with raw_http(server) as http:
+        yield http
 
 
 @pytest.fixture

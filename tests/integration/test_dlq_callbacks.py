@@ -8,7 +8,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -16,10 +16,10 @@ from qstash import QStash
 from qstash.errors import QStashError
 
 from jobsvc.localqstash import LocalQStashServer
+from tests.polling import poll
 from tests.receiver import Delivery, Receiver, ReceiverFactory
 
 ServerFactory = Callable[..., LocalQStashServer]
-T = TypeVar("T")
 
 
 class Setup:
@@ -75,17 +75,6 @@ def s(server: LocalQStashServer, make_receiver: ReceiverFactory) -> Iterator[Set
         setup = Setup(server, rx, http)
         yield setup
         setup.client.http._client.close()  # the SDK has no close() of its own
-
-
-def poll(fn: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def header(headers: dict[str, list[str]], name: str) -> list[str] | None:

@@ -4,7 +4,6 @@ SQLite and on PostgreSQL. Concurrency is measured where it shows: at the receive
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
 import threading
@@ -18,28 +17,12 @@ from qstash.errors import QStashError
 from qstash.message import BatchRequest, FlowControl
 from qstash.url_group import Endpoint
 
-from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, serve_in_thread
+from jobsvc.localqstash import LocalQStashSettings, serve_in_thread
 from jobsvc.localqstash.users import DEV_USERS
-from tests.integration.conftest import ClientFactory, ServerFactory
+from tests.integration.conftest import ClientFactory, ServerFactory, raw_http
 from tests.receiver import Delivery, Receiver, ReceiverFactory, Response
 
 SIGNING_KEY = re.compile(r"^sig_[1-9A-HJ-NP-Za-km-z]{28}$")
-
-
-@contextlib.contextmanager
-def _http(server: LocalQStashServer) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server.url,
-        headers={"Authorization": f"Bearer {server.user.token}"},
-        timeout=10,
-    ) as http:
-        yield http
-
-
-@pytest.fixture
-def raw(server: LocalQStashServer) -> Iterator[httpx.Client]:
-    with _http(server) as http:
-        yield http
 
 
 def _now_ms() -> int:
@@ -406,7 +389,7 @@ def test_global_parallelism_caps_all_deliveries(
     rx = make_receiver(server.user.current_signing_key, server.user.next_signing_key)
     rx.respond("/g", hold)
     client = make_client(server)
-    with _http(server) as http:
+    with raw_http(server) as http:
         idle = http.get("/v2/globalParallelism")
         assert idle.status_code == 200
         assert idle.json() == {"parallelismMax": 3, "parallelismCount": 0}

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -22,10 +22,10 @@ from qstash import QStash
 from qstash.log import LogState
 
 from jobsvc.localqstash import LocalQStashServer
+from tests.polling import poll
 from tests.receiver import Delivery, Receiver, ReceiverFactory, Response
 
 ServerFactory = Callable[..., LocalQStashServer]
-T = TypeVar("T")
 
 # How late an attempt may come after it was due (scheduling, HTTP, a loaded 2-core machine).
 LATE = 0.15
@@ -89,17 +89,6 @@ def setup(
         yield make
         for each in made:
             each.client.http._client.close()  # the SDK has no close() of its own
-
-
-def poll(fn: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def gaps(deliveries: list[Delivery]) -> list[float]:

@@ -8,7 +8,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -31,17 +31,6 @@ SCALED_MINUTE = 0.060
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@pytest.fixture
-def raw(server: LocalQStashServer) -> Iterator[httpx.Client]:
-    """Plain HTTP to the server, for what the Python SDK does not send."""
-    with httpx.Client(
-        base_url=server.url,
-        headers={"Authorization": f"Bearer {server.user.token}"},
-        timeout=10,
-    ) as http:
-        yield http
 
 
 @pytest.fixture

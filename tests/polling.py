@@ -1,0 +1,21 @@
+"""Waiting for something to happen in tests: poll with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def poll(fn: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    """Call ``fn`` until it returns something not None; ``AssertionError`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
