@@ -442,36 +442,24 @@ class Api:
         endpoints = await self._endpoints(request)
         for e in endpoints:
             check_url(e.get("url", ""), name="endpoint url")
-        await self.engine.add_endpoints(user, name, endpoints)
+        await self.engine.url_groups.add_endpoints(user, name, endpoints)
         return JSONResponse({})
 
     async def remove_endpoints(self, request: Request, user: User) -> Response:
-        await self.engine.remove_endpoints(
+        await self.engine.url_groups.remove_endpoints(
             user, request.path_params["name"], await self._endpoints(request)
         )
         return JSONResponse({})
 
-    def _topic_json(self, name: str, topic: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "name": name,
-            "createdAt": topic["createdAt"],
-            "updatedAt": topic["updatedAt"],
-            "endpoints": topic["endpoints"],
-        }
-
     async def list_topics(self, request: Request, user: User) -> Response:
-        topics = sorted((n, t) for (uid, n), t in self.engine.topics.items() if uid == user.user_id)
-        return JSONResponse([self._topic_json(n, t) for n, t in topics])
+        return JSONResponse([g.to_json() for g in self.engine.url_groups.all_of(user)])
 
     async def get_topic(self, request: Request, user: User) -> Response:
-        name = request.path_params["name"]
-        topic = self.engine.topics.get((user.user_id, name))
-        if topic is None:
-            raise NotFound(f"topic {name} not found")
-        return JSONResponse(self._topic_json(name, topic))
+        group = self.engine.url_groups.get(user, request.path_params["name"])
+        return JSONResponse(group.to_json())
 
     async def delete_topic(self, request: Request, user: User) -> Response:
-        await self.engine.delete_topic(user, request.path_params["name"])
+        await self.engine.url_groups.delete(user, request.path_params["name"])
         return JSONResponse({})
 
     # -- flow control ---------------------------------------------------------------------------

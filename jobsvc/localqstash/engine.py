@@ -9,7 +9,6 @@ delivered again on restart (at-least-once, as QStash promises).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import heapq
@@ -25,10 +24,15 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from jobsvc.localqstash import tables
+from jobsvc.localqstash.callbacks import (
+    CALLBACK_PREFIX,
+    FAILURE_CALLBACK_PREFIX,
+    callback_body,
+    callback_message,
+)
 from jobsvc.localqstash.delivery import Deliverer, Outcome
 from jobsvc.localqstash.durations import (
     default_backoff_seconds,
-    parse_duration,
     parse_retry_after,
     retry_delay_ms,
 )
@@ -48,10 +52,12 @@ from jobsvc.localqstash.messages import (
     new_id,
     now_ms,
 )
-from jobsvc.localqstash.options import Options, check_url, config_header
+from jobsvc.localqstash.options import Options
+from jobsvc.localqstash.records import dlq_row, event_row, state_update
 from jobsvc.localqstash.settings import LocalQStashSettings
 from jobsvc.localqstash.signing import new_signing_key
-from jobsvc.localqstash.store import Insert, Op, Statement, Store, Update
+from jobsvc.localqstash.store import Insert, Op, Statement, Store
+from jobsvc.localqstash.urlgroups import UrlGroups
 from jobsvc.localqstash.users import User
 
 log = logging.getLogger("jobsvc.localqstash")
@@ -106,7 +112,7 @@ class Engine:
         self.live: dict[str, Message] = {}
         self.queues: dict[tuple[str, str], QueueGate] = {}
         self.flows: dict[tuple[str, str], FlowGate] = {}
-        self.topics: dict[tuple[str, str], dict[str, Any]] = {}
+        self.url_groups = UrlGroups(store)
         self.dedup: dict[tuple[str, str], tuple[str, int]] = {}
         self.capacity = Gate()
         self.deliverer = Deliverer(max_connections=settings.max_concurrent_deliveries)
@@ -175,12 +181,7 @@ class Engine:
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
-        for row in conn.execute(select(tables.topics)):
-            self.topics[(row.user_id, row.name)] = {
-                "endpoints": row.endpoints,
-                "createdAt": row.created_at,
-                "updatedAt": row.updated_at,
-            }
+        self.url_groups.load(conn)
         for row in conn.execute(select(tables.flow_controls)):
             gate = self._flow(row.user_id, row.flow_control_key)
             gate.paused = row.paused
@@ -236,7 +237,7 @@ class Engine:
         schedule_id: str | None = None,
     ) -> Prepared:
         """Build the messages a publish makes (one per URL-group endpoint) without storing them."""
-        targets = self._targets(user, destination)
+        targets = self.url_groups.targets(user, destination)
         prepared = Prepared(results=[], messages=[], ops=[], dedup_keys=[])
         now = now_ms()
         due = now
@@ -294,7 +295,7 @@ class Engine:
                 Published(message.message_id, url, topic=topic_name is not None)
             )
             prepared.ops.append(Insert(tables.messages, message.to_row()))
-            prepared.ops.append(self._event_op(message, CREATED, created=True))
+            prepared.ops.append(event_row(message, CREATED, created=True))
             if dedup_key is not None:
                 expires = now + int(self.settings.dedup_window_seconds * 1000 * self.scale)
                 self.dedup[(user.user_id, dedup_key)] = (message.message_id, expires)
@@ -341,16 +342,6 @@ class Engine:
         prepared = self.prepare(user, destination, options, body, **kwargs)
         await self.commit(prepared)
         return prepared.results
-
-    def _targets(self, user: User, destination: str) -> list[tuple[str, str | None, str | None]]:
-        if destination.startswith(("http://", "https://")):
-            return [(check_url(destination, name="destination"), None, None)]
-        topic = self.topics.get((user.user_id, destination))
-        if topic is None:
-            if "://" in destination or not destination:
-                raise BadRequest(f"invalid destination: {destination!r}")
-            raise NotFound(f"topic {destination} not found")
-        return [(e["url"], destination, e.get("name")) for e in topic["endpoints"]]
 
     def _dedup_key(self, destination: str, url: str, options: Options, body: bytes) -> str | None:
         if options.deduplication_id is not None:
@@ -475,7 +466,7 @@ class Engine:
     async def _run(self, message: Message) -> None:
         user_keys = self.keys[message.user_id]
         timeout = message.timeout_seconds or self.settings.default_timeout_seconds
-        self.store.submit(self._event_op(message, ACTIVE))
+        self.store.submit(event_row(message, ACTIVE))
         try:
             outcome = await self.deliverer.attempt(
                 message, signing_key=user_keys[0], timeout_seconds=timeout
@@ -503,12 +494,12 @@ class Engine:
             self._finish(message, DELIVERED, outcome, ops)
             self._callbacks(message, outcome, ops)
         elif message.cancel_requested:
-            ops.append(self._event_op(message, ERROR, outcome=outcome))
+            ops.append(event_row(message, ERROR, outcome=outcome))
             self._finish(message, CANCELED, outcome, ops)
         elif outcome.non_retryable or message.retried >= message.max_retries:
             dlq_id = f"{now_ms()}-{next(self._dlq_seq)}"
-            ops.append(self._event_op(message, ERROR, outcome=outcome))
-            ops.append(Insert(tables.dlq, self._dlq_row(message, outcome, dlq_id)))
+            ops.append(event_row(message, ERROR, outcome=outcome))
+            ops.append(Insert(tables.dlq, dlq_row(message, outcome, dlq_id)))
             self._finish(message, FAILED, outcome, ops)
             self._callbacks(message, outcome, ops, dlq_id=dlq_id)
         else:
@@ -518,9 +509,9 @@ class Engine:
             message.retried += 1
             message.due_at = now_ms() + int(delay * 1000 * self.scale)
             message.state = RETRY
-            ops.append(self._event_op(message, ERROR, outcome=outcome))
-            ops.append(self._event_op(message, RETRY, next_delivery=message.due_at))
-            ops.append(_state_op(message))
+            ops.append(event_row(message, ERROR, outcome=outcome))
+            ops.append(event_row(message, RETRY, next_delivery=message.due_at))
+            ops.append(state_update(message))
             heapq.heappush(self._heap, (message.due_at, next(self._seq), message.message_id))
             self._wake.set()
         self.store.submit(*ops)
@@ -530,8 +521,8 @@ class Engine:
         self.live.pop(message.message_id, None)
         if self.on_final is not None:
             self.on_final(message)
-        ops.append(self._event_op(message, state, outcome=outcome if state == DELIVERED else None))
-        ops.append(_state_op(message))
+        ops.append(event_row(message, state, outcome=outcome if state == DELIVERED else None))
+        ops.append(state_update(message))
         if message.holds_queue_slot and message.queue_name is not None:
             message.holds_queue_slot = False
             queue = self.queues.get((message.user_id, message.queue_name))
@@ -572,146 +563,12 @@ class Engine:
         if dlq_id is not None and message.failure_callback and not message.is_callback:
             targets.append((message.failure_callback, message.failure_callback_headers, True))
         for url, config, failure in targets:
-            prefix = "Upstash-Failure-Callback-" if failure else "Upstash-Callback-"
-            body = self._callback_body(message, outcome, dlq_id if failure else None)
-            callback = self._callback_message(message, url, config, prefix, body)
-            ops.insert(0, self._event_op(callback, CREATED, created=True))
+            prefix = FAILURE_CALLBACK_PREFIX if failure else CALLBACK_PREFIX
+            body = callback_body(message, outcome, dlq_id if failure else None)
+            callback = callback_message(message, url, config, prefix, body)
+            ops.insert(0, event_row(callback, CREATED, created=True))
             ops.insert(0, Insert(tables.messages, callback.to_row()))
             asyncio.get_running_loop().call_soon(self._admit, callback)
-
-    def _callback_body(self, message: Message, outcome: Outcome, dlq_id: str | None) -> bytes:
-        body: dict[str, Any] = {
-            "status": outcome.status if outcome.status is not None else 0,
-            "header": outcome.headers,
-            "body": base64.b64encode(outcome.body).decode(),
-            "retried": message.retried,
-            "maxRetries": message.max_retries,
-            "sourceMessageId": message.message_id,
-            "url": message.url,
-            "method": message.method,
-            "sourceHeader": message.headers,
-            "sourceBody": base64.b64encode(message.body).decode(),
-            "notBefore": str(message.not_before or message.created_at),
-            "createdAt": str(message.created_at),
-            "callerIP": message.caller_ip or "",
-        }
-        optional = {
-            "topicName": message.topic_name,
-            "endpointName": message.endpoint_name,
-            "scheduleId": message.schedule_id,
-            "dlqId": dlq_id,
-            "error": outcome.error,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return json.dumps(body).encode()
-
-    def _callback_message(
-        self, source: Message, url: str, config: dict[str, list[str]], prefix: str, body: bytes
-    ) -> Message:
-        forward = {
-            key[len(prefix) + len("Forward-") :]: value
-            for key, value in config.items()
-            if key.startswith(prefix + "Forward-")
-        }
-        forward.setdefault("Content-Type", ["application/json"])
-        retries = config_header(config, prefix + "Retries")
-        timeout = config_header(config, prefix + "Timeout")
-        now = now_ms()
-        return Message(
-            message_id=new_id("msg_"),
-            user_id=source.user_id,
-            url=url,
-            method=(config_header(config, prefix + "Method") or "POST").upper(),
-            body=body,
-            headers=forward,
-            max_retries=int(retries) if retries and retries.isdigit() else source.max_retries,
-            retry_delay_expression=config_header(config, prefix + "Retry-Delay")
-            or source.retry_delay_expression,
-            timeout_seconds=_seconds(timeout) if timeout else source.timeout_seconds,
-            due_at=now,
-            created_at=now,
-            caller_ip=source.caller_ip,
-            is_callback=True,
-        )
-
-    def _dlq_row(self, message: Message, outcome: Outcome, dlq_id: str) -> dict[str, Any]:
-        row = message.to_row()
-        snapshot = {k: v for k, v in row.items() if k != "body"}
-        snapshot["state"] = FAILED
-        return {
-            "dlq_id": dlq_id,
-            "user_id": message.user_id,
-            "message_id": message.message_id,
-            "url": message.url,
-            "topic_name": message.topic_name,
-            "queue_name": message.queue_name,
-            "schedule_id": message.schedule_id,
-            "flow_control_key": row["flow_control_key"],
-            "label": message.label,
-            "caller_ip": message.caller_ip,
-            "created_at": now_ms(),
-            "response_status": outcome.status if outcome.status is not None else 0,
-            "body": message.body,
-            "data": {
-                "message": snapshot,
-                "responseHeader": outcome.headers,
-                "responseBody": base64.b64encode(outcome.body).decode(),
-                "error": outcome.error,
-            },
-        }
-
-    def _event_op(
-        self,
-        message: Message,
-        state: str,
-        *,
-        outcome: Outcome | None = None,
-        next_delivery: int | None = None,
-        created: bool = False,
-    ) -> Insert:
-        data: dict[str, Any] = {}
-        if created:
-            data = {
-                "header": message.headers,
-                "body": base64.b64encode(message.body).decode(),
-                "method": message.method,
-                "maxRetries": message.max_retries,
-                "callback": message.callback,
-                "failureCallback": message.failure_callback,
-                "retryDelayExpression": message.retry_delay_expression,
-                "timeout": int(message.timeout_seconds * 1000) if message.timeout_seconds else None,
-                "endpointName": message.endpoint_name,
-            }
-        if outcome is not None:
-            data["responseStatus"] = outcome.status
-            data["responseHeader"] = outcome.headers
-            data["responseBody"] = base64.b64encode(outcome.body).decode()
-            if outcome.error:
-                data["error"] = outcome.error
-            elif not outcome.ok:
-                data["error"] = f"endpoint answered {outcome.status}"
-        if next_delivery is not None:
-            data["nextDeliveryTime"] = next_delivery
-        if message.flow_control is not None:
-            fc = message.flow_control
-            data["flowControl"] = [fc.key, fc.parallelism, fc.rate, fc.period_seconds]
-        return Insert(
-            tables.events,
-            {
-                "user_id": message.user_id,
-                "time": now_ms(),
-                "message_id": message.message_id,
-                "state": state,
-                "url": message.url,
-                "topic_name": message.topic_name,
-                "queue_name": message.queue_name,
-                "schedule_id": message.schedule_id,
-                "flow_control_key": message.flow_control.key if message.flow_control else None,
-                "label": message.label,
-                "caller_ip": message.caller_ip,
-                "data": {k: v for k, v in data.items() if v is not None},
-            },
-        )
 
     # -- cancelling -----------------------------------------------------------------------------
 
@@ -725,7 +582,7 @@ class Engine:
                 continue
             count += 1
             message.cancel_requested = True
-            ops.append(self._event_op(message, CANCEL_REQUESTED))
+            ops.append(event_row(message, CANCEL_REQUESTED))
             if message.state == ACTIVE:
                 continue
             for gate in self._gates_of(message):
@@ -809,58 +666,6 @@ class Engine:
         self._drain(gate)
         return gate
 
-    # -- URL groups -----------------------------------------------------------------------------
-
-    async def add_endpoints(self, user: User, name: str, endpoints: list[dict[str, str]]) -> None:
-        now = now_ms()
-        topic = self.topics.get((user.user_id, name)) or {"endpoints": [], "createdAt": now}
-        known = {e["url"] for e in topic["endpoints"]}
-        merged = list(topic["endpoints"]) + [e for e in endpoints if e["url"] not in known]
-        await self._save_topic(user, name, merged, topic["createdAt"], now)
-
-    async def remove_endpoints(
-        self, user: User, name: str, endpoints: list[dict[str, str]]
-    ) -> None:
-        topic = self.topics.get((user.user_id, name))
-        if topic is None:
-            raise NotFound(f"topic {name} not found")
-        urls = {e["url"] for e in endpoints if e.get("url")}
-        names = {e["name"] for e in endpoints if e.get("name")}
-        kept = [
-            e for e in topic["endpoints"] if e["url"] not in urls and e.get("name") not in names
-        ]
-        await self._save_topic(user, name, kept, topic["createdAt"], now_ms())
-
-    async def delete_topic(self, user: User, name: str) -> None:
-        await self._save_topic(user, name, [], 0, 0)
-
-    async def _save_topic(
-        self, user: User, name: str, endpoints: list[dict[str, str]], created: int, updated: int
-    ) -> None:
-        def save(conn: Connection) -> None:
-            table = tables.topics
-            conn.execute(delete(table).where(table.c.user_id == user.user_id, table.c.name == name))
-            if endpoints:
-                conn.execute(
-                    table.insert().values(
-                        user_id=user.user_id,
-                        name=name,
-                        endpoints=endpoints,
-                        created_at=created,
-                        updated_at=updated,
-                    )
-                )
-
-        await self.store.write(Statement(save))
-        if endpoints:
-            self.topics[(user.user_id, name)] = {
-                "endpoints": endpoints,
-                "createdAt": created,
-                "updatedAt": updated,
-            }
-        else:
-            self.topics.pop((user.user_id, name), None)
-
     # -- housekeeping ---------------------------------------------------------------------------
 
     async def _janitor_loop(self) -> None:
@@ -893,23 +698,6 @@ class Engine:
             )
 
         self.store.submit(Statement(run))
-
-
-def _seconds(value: str) -> float | None:
-    try:
-        return parse_duration(value, name="timeout")
-    except BadRequest:
-        return None
-
-
-def _state_op(message: Message) -> Update:
-    values = {
-        "state": message.state,
-        "retried": message.retried,
-        "due_at": message.due_at,
-        "updated_at": now_ms(),
-    }
-    return Update(tables.messages, "message_id", message.message_id, values)
 
 
 def _dedup_op(user_id: str, key: str, message_id: str, expires: int) -> Statement:
