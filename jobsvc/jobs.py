@@ -1,0 +1,111 @@
+"""The domain vocabulary: a job is one run of a job type with a payload, moving through states.
+
+Nothing here knows about gRPC, HTTP, SQL or QStash; every layer speaks these types.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class JobType(StrEnum):
+    """Job types by their wire names (the sidecar serves them at ``/api/jobs/{type}``)."""
+
+    SYNDICATE_LISTING = "syndicate-listing"
+    SEND_REMINDER = "send-reminder"
+    CRM_MATCH = "crm-match"
+    SEND_NOTIFICATION = "send-notification"
+
+
+class JobState(StrEnum):
+    """Where a job is. Transitions only move forward; see ``TRANSITIONS``.
+
+    ``pending``: stored, waiting for delivery (possibly until a later time).
+    ``processing``: a delivery claimed it and its handler runs.
+    ``retrying``: an attempt failed and QStash will deliver it again.
+    ``completed``: the handler succeeded (or skipped it, with a reason in the result).
+    ``failed``: retries exhausted or a permanent error; it is in the dead-letter queue and an
+    operator may retry it.
+    ``cancelled``: cancelled before it completed.
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+# Every allowed move, from -> to. ``failed`` -> ``pending`` is an operator's retry.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.PROCESSING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.PROCESSING: frozenset(
+        {JobState.COMPLETED, JobState.RETRYING, JobState.FAILED, JobState.PROCESSING}
+    ),
+    JobState.RETRYING: frozenset({JobState.PROCESSING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset({JobState.PENDING}),
+    JobState.CANCELLED: frozenset(),
+}
+
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueOptions:
+    """How a job is to be run. ``delay`` and ``not_before`` are exclusive; ``timeout`` bounds one
+    handler run (default: the service's handler timeout)."""
+
+    delay: timedelta | None = None
+    not_before: datetime | None = None
+    retries: int = DEFAULT_RETRIES
+    deduplication_id: str | None = None
+    timeout: timedelta | None = None
+
+
+@dataclass(kw_only=True)
+class Attempt:
+    """One delivery of a job to its handler."""
+
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str | None = None  # completed, retry, failed
+    error: str | None = None
+    qstash_message_id: str | None = None
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One run of a job type with its payload, as recorded in the job log."""
+
+    id: uuid.UUID
+    type: JobType
+    payload: dict[str, Any]
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    max_retries: int = DEFAULT_RETRIES
+    created_at: datetime
+    not_before: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    qstash_message_id: str | None = None
+    dlq_id: str | None = None
+    deduplication_id: str | None = None
+    schedule_id: str | None = None
+    timeout: timedelta | None = None
+    history: list[Attempt] = field(default_factory=list)
