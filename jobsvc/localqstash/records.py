@@ -7,7 +7,7 @@ from typing import Any
 
 from jobsvc.localqstash import tables
 from jobsvc.localqstash.delivery import Outcome
-from jobsvc.localqstash.messages import FAILED, Message, now_ms
+from jobsvc.localqstash.messages import FAILED, Message, now_ms, redacted_headers
 from jobsvc.localqstash.store import Insert, Update
 
 
@@ -23,8 +23,11 @@ def event_row(
     data: dict[str, Any] = {}
     if created:
         data = {
-            "header": message.headers,
-            "body": base64.b64encode(message.body).decode(),
+            # Logs keep what the publisher asked to redact out of sight, as QStash does.
+            "header": redacted_headers(message.headers, message.redact),
+            "body": (
+                base64.b64encode(b"REDACTED" if "body" in message.redact else message.body).decode()
+            ),
             "method": message.method,
             "maxRetries": message.max_retries,
             "callback": message.callback,

@@ -3,6 +3,7 @@ while it waits and after it was delivered, and every way of cancelling one."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import httpx
@@ -272,3 +273,39 @@ def test_bulk_cancel_by_query_ignores_unknown_and_foreign_ids(
     other_client = make_client(server, DEV_USERS[2].token)
     assert other_client.message.get(other.message_id).message_id == other.message_id
     assert other_client.message.cancel_all() == 1
+
+
+def test_redacted_fields_are_delivered_but_hidden_in_messages_and_logs(
+    client: QStash, receiver: Receiver, server: LocalQStashServer
+) -> None:
+    published = client.message.publish(
+        url=receiver.url_for("/secret"),
+        body="card=4111",
+        headers={"Authorization": "Bearer s3cret", "X-Trace": "t1"},
+        delay="1h",
+        redact={"body": True, "header": ["Authorization"]},
+    )
+    assert isinstance(published, PublishResponse)
+    message = client.message.get(published.message_id)
+    assert message.body == "REDACTED"
+    assert message.headers is not None
+    assert message.headers["Authorization"] == ["REDACTED"]
+    assert message.headers["X-Trace"] == ["t1"]
+    [created] = client.log.list(filter={"message_id": published.message_id}).logs
+    assert created.body_base64 is not None
+    assert base64.b64decode(created.body_base64) == b"REDACTED"
+    assert created.headers is not None
+    assert created.headers["Authorization"] == ["REDACTED"]
+
+    visible = client.message.publish(
+        url=receiver.url_for("/secret"),
+        body="card=4111",
+        headers={"Authorization": "Bearer s3cret"},
+        redact={"body": True, "header": ["Authorization"]},
+    )
+    assert isinstance(visible, PublishResponse)
+    [delivery] = receiver.wait_for(1, path="/secret")
+    # Redaction hides data from the API, never from the destination.
+    assert delivery.body == b"card=4111"
+    assert delivery.headers["Authorization"] == "Bearer s3cret"
+    assert delivery.signature_ok, delivery.signature_error
