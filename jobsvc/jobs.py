@@ -82,9 +82,10 @@ class Attempt:
     number: int
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: str | None = None  # completed, retry, failed
+    outcome: str | None = None  # completed, skipped, retry, failed; None while it runs
     error: str | None = None
     qstash_message_id: str | None = None
+    retried: int | None = None  # QStash's Upstash-Retried header of the delivery
 
 
 @dataclass(kw_only=True)
@@ -108,4 +109,28 @@ class Job:
     deduplication_id: str | None = None
     schedule_id: str | None = None
     timeout: timedelta | None = None
+    # The outbox: None until the broker accepted the job; failed publishes are counted.
+    published_at: datetime | None = None
+    publish_attempts: int = 0
     history: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class Schedule:
+    """A recurring job: a cron expression (in ``time_zone``, UTC when None) and the job it starts.
+
+    Each firing is a job of its own, recorded with this ``id`` as its ``schedule_id``.
+    """
+
+    id: str
+    cron: str
+    time_zone: str | None = None
+    type: JobType
+    payload: dict[str, Any]
+    retries: int = DEFAULT_RETRIES
+    timeout: timedelta | None = None
+    paused: bool = False
+    qstash_schedule_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_run_at: datetime | None = None
