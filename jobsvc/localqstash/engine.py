@@ -490,9 +490,10 @@ class Engine:
 
     def _settle(self, message: Message, outcome: Outcome) -> None:
         ops: list[Op] = []
+        callbacks: list[Message] = []
         if outcome.ok:
             self._finish(message, DELIVERED, outcome, ops)
-            self._callbacks(message, outcome, ops)
+            callbacks = self._callbacks(message, outcome, ops)
         elif message.cancel_requested:
             ops.append(event_row(message, ERROR, outcome=outcome))
             self._finish(message, CANCELED, outcome, ops)
@@ -501,11 +502,11 @@ class Engine:
             ops.append(event_row(message, ERROR, outcome=outcome))
             ops.append(Insert(tables.dlq, dlq_row(message, outcome, dlq_id)))
             self._finish(message, FAILED, outcome, ops)
-            self._callbacks(message, outcome, ops, dlq_id=dlq_id)
+            callbacks = self._callbacks(message, outcome, ops, dlq_id=dlq_id)
         else:
             delay = self._retry_delay_seconds(message, outcome)
             # The callback reports the attempt that failed, so `retried` before counting it.
-            self._callbacks(message, outcome, ops)
+            callbacks = self._callbacks(message, outcome, ops)
             message.retried += 1
             message.due_at = now_ms() + int(delay * 1000 * self.scale)
             message.state = RETRY
@@ -514,7 +515,23 @@ class Engine:
             ops.append(state_update(message))
             heapq.heappush(self._heap, (message.due_at, next(self._seq), message.message_id))
             self._wake.set()
-        self.store.submit(*ops)
+        if callbacks:
+            # A callback may look up what it reports (the DLQ entry, the message): deliver it
+            # only once that is committed.
+            task = asyncio.create_task(self._commit_then_admit(ops, callbacks))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self.store.submit(*ops)
+
+    async def _commit_then_admit(self, ops: list[Op], callbacks: list[Message]) -> None:
+        try:
+            await self.store.write(*ops)
+        except Exception:  # the rows are not stored: neither is the callback, nothing to send
+            log.exception("recording an attempt failed", extra={"action": "settle_write_failed"})
+            return
+        for callback in callbacks:
+            self._admit(callback)
 
     def _finish(self, message: Message, state: str, outcome: Outcome | None, ops: list[Op]) -> None:
         message.state = state
@@ -553,10 +570,10 @@ class Engine:
         ops: list[Op],
         *,
         dlq_id: str | None = None,
-    ) -> None:
-        """Publish the callback (every attempt) and the failure callback (once, with the DLQ id).
-
-        They are inserted before the source's own update so a crash cannot lose them."""
+    ) -> list[Message]:
+        """The callback (every attempt) and the failure callback (once, with the DLQ id) as new
+        messages, their rows added to ``ops`` in the same transaction as the source's update."""
+        made: list[Message] = []
         targets: list[tuple[str, dict[str, list[str]], bool]] = []
         if message.callback and not message.is_callback:
             targets.append((message.callback, message.callback_headers, False))
@@ -568,7 +585,8 @@ class Engine:
             callback = callback_message(message, url, config, prefix, body)
             ops.insert(0, event_row(callback, CREATED, created=True))
             ops.insert(0, Insert(tables.messages, callback.to_row()))
-            asyncio.get_running_loop().call_soon(self._admit, callback)
+            made.append(callback)
+        return made
 
     # -- cancelling -----------------------------------------------------------------------------
 
