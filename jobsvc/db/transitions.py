@@ -1,0 +1,185 @@
+"""The job state machine, guarded in SQL.
+
+Each transition is ONE conditional UPDATE whose WHERE names the states ``jobs.TRANSITIONS``
+allows the move from (the statements are in :mod:`jobsvc.db.guards`); a row in any other state
+is left untouched and the method says so. A duplicate or late delivery, a second completion, a
+cancel racing a delivery: whichever statement the database runs second finds the row already
+moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Executable, select
+
+from jobsvc.db import guards
+from jobsvc.db.clock import Clock, utc_now
+from jobsvc.db.driver_errors import storage_errors
+from jobsvc.db.guards import LEASE_EXPIRED
+from jobsvc.db.history import load_jobs, with_histories
+from jobsvc.db.rows import attempt_values, job_from_row
+from jobsvc.db.tables import job_logs
+from jobsvc.errors import InvalidState, JobNotFound
+from jobsvc.jobs import Attempt, Job, JobState
+
+__all__ = ["LEASE_EXPIRED", "Transitions"]
+
+
+class Transitions:
+    """The guarded moves of :class:`~jobsvc.db.job_log.JobLog`."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+        # Single statements need no BEGIN/COMMIT round trips around them.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._in_one_statement = engine.dialect.name == "postgresql"
+
+    def claim(
+        self,
+        job_id: uuid.UUID,
+        *,
+        qstash_message_id: str | None,
+        retried: int | None,
+        lease_seconds: float,
+    ) -> Job | None:
+        """Start an attempt for a delivery; the claimed job, or None if refused.
+
+        pending or retrying → processing, or processing → processing once the previous
+        attempt's lease expired (that attempt is closed as a retry). The attempt is numbered
+        by the database (attempts + 1, returned as ``job.attempts`` and the last entry of
+        ``job.history``), so numbers never collide, whatever the delivery's ``retried`` count.
+        None for a job that is running under a live lease, finished, or missing.
+        """
+        now = self._clock()
+        parameters = {
+            "p_job_id": job_id,
+            "p_now": now,
+            "p_lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "p_message_id": qstash_message_id,
+            "p_retried": retried,
+            "p_error": LEASE_EXPIRED,
+            "p_outcome": "retry",
+        }
+        attempt = Attempt(
+            number=0, started_at=now, qstash_message_id=qstash_message_id, retried=retried
+        )
+        with storage_errors("claim the job"):
+            if self._in_one_statement:
+                with self._autocommit.connect() as connection:
+                    row = connection.execute(guards.CLAIM_IN_ONE, parameters).first()
+                    if row is None:
+                        return None
+                    attempt.number = row.attempts
+                    if row.attempts == 1:  # the first attempt: the history is just this one
+                        return job_from_row(row._mapping, [attempt])
+                    return with_histories(connection, [row])[0]
+            with self._engine.begin() as connection:
+                row = connection.execute(guards.CLAIM, parameters).first()
+                if row is None:
+                    return None
+                attempt.number = row.attempts
+                if row.attempts > 1:  # earlier attempts exist; one may have been left running
+                    connection.execute(guards.CLOSE_OPEN_ATTEMPTS, parameters)
+                connection.execute(guards.START_ATTEMPT, attempt_values(job_id, attempt))
+                if row.attempts == 1:
+                    return job_from_row(row._mapping, [attempt])
+                return with_histories(connection, [row])[0]
+
+    def complete(
+        self,
+        job_id: uuid.UUID,
+        result: dict[str, Any] | None,
+        *,
+        attempt: int | None = None,
+        skipped: bool = False,
+    ) -> bool:
+        """processing → completed, recording ``result`` (``skipped``: the handler had nothing
+        to do, e.g. documents already complete). With ``attempt``, only if that attempt is
+        still the current one (a worker whose lease expired cannot finish its successor's)."""
+        guarded = attempt is not None
+        return self._finish(
+            guards.COMPLETE_IN_ONE[guarded] if self._in_one_statement else guards.COMPLETE[guarded],
+            {"p_job_id": job_id, "p_result": result, "p_attempt": attempt, "p_error": None},
+            "skipped" if skipped else "completed",
+            "complete the job",
+        )
+
+    def attempt_failed(
+        self, job_id: uuid.UUID, error: str, *, final: bool, attempt: int | None = None
+    ) -> bool:
+        """processing → retrying (QStash will deliver again) or, when ``final`` (retries
+        exhausted or a permanent error), → failed. ``attempt`` as for :meth:`complete`."""
+        guarded = attempt is not None
+        if self._in_one_statement:
+            statement: Executable = (guards.FAIL_IN_ONE if final else guards.RETRY_IN_ONE)[guarded]
+        else:
+            statement = (guards.FAIL if final else guards.RETRY)[guarded]
+        return self._finish(
+            statement,
+            {"p_job_id": job_id, "p_error": error, "p_attempt": attempt},
+            "failed" if final else "retry",
+            "record the failure",
+        )
+
+    def mark_failed(self, job_id: uuid.UUID, dlq_id: str, error: str | None = None) -> bool:
+        """QStash's failure callback: pending, retrying or processing → failed, recording the
+        dead-letter queue id. Also records the DLQ id of a job already failed by its last
+        attempt (the callback follows that attempt), once; False otherwise."""
+        parameters = {
+            "p_job_id": job_id,
+            "p_now": self._clock(),
+            "p_dlq_id": dlq_id,
+            "p_error": error,
+            "p_outcome": "failed",
+        }
+        with storage_errors("mark the job failed"), self._engine.begin() as connection:
+            if connection.execute(guards.DEAD_LETTER, parameters).rowcount != 1:
+                return False
+            connection.execute(guards.CLOSE_OPEN_ATTEMPTS, parameters)
+            return True
+
+    def cancel(self, job_id: uuid.UUID) -> Job:
+        """pending or retrying → cancelled; the cancelled job. JobNotFound if there is no such
+        job, InvalidState if it is processing or finished."""
+        return self._move_or_explain(guards.CANCEL, job_id, "cancel", guards.CANCELLABLE)
+
+    def requeue_failed(self, job_id: uuid.UUID) -> Job:
+        """failed → pending, for an operator's retry: the DLQ id and QStash message id are
+        cleared and the job rejoins the outbox, so the relay publishes it anew. Attempt numbers
+        continue. JobNotFound if missing, InvalidState unless failed."""
+        return self._move_or_explain(guards.REQUEUE, job_id, "requeue", guards.REQUEUEABLE)
+
+    def _finish(
+        self, statement: Executable, parameters: dict[str, Any], outcome: str, action: str
+    ) -> bool:
+        """Run a move out of processing; if it applied, close the attempt it ended."""
+        parameters = {**parameters, "p_now": self._clock(), "p_outcome": outcome}
+        with storage_errors(action):
+            if self._in_one_statement:
+                with self._autocommit.connect() as connection:
+                    return connection.execute(statement, parameters).first() is not None
+            with self._engine.begin() as connection:
+                row = connection.execute(statement, parameters).first()
+                if row is None:
+                    return False
+                finish = {**parameters, "p_attempt": row.attempts}
+                connection.execute(guards.FINISH_ATTEMPT, finish)
+                return True
+
+    def _move_or_explain(
+        self, statement: Executable, job_id: uuid.UUID, verb: str, allowed: frozenset[JobState]
+    ) -> Job:
+        parameters = {"p_job_id": job_id, "p_now": self._clock()}
+        with storage_errors(f"{verb} the job"), self._engine.begin() as connection:
+            rows = connection.execute(statement, parameters).all()
+            if rows:
+                return with_histories(connection, rows)[0]
+            found = load_jobs(connection, select(job_logs).where(job_logs.c.id == job_id))
+        if not found:
+            raise JobNotFound(f"job {job_id} not found")
+        names = " or ".join(sorted(state.value for state in allowed))
+        raise InvalidState(f"cannot {verb} job {job_id}: it is {found[0].state}, not {names}")

@@ -1,0 +1,134 @@
+"""The service's settings, read from the environment once, in the composition root.
+
+Everything has an embedded default, so ``jobsvc serve`` runs on a fresh machine with no
+configuration at all: SQLite, the built-in local QStash server, loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+from jobsvc.localqstash import LocalQStashSettings
+
+
+class BrokerKind(StrEnum):
+    """Where jobs go: Upstash QStash, the built-in QStash-compatible server, or run inline."""
+
+    QSTASH = "qstash"
+    LOCAL = "local"
+    INLINE = "inline"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of the service; see the README's configuration table."""
+
+    database_url: str = "sqlite:///jobsvc.sqlite3"
+    broker: BrokerKind = BrokerKind.LOCAL
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = 8000
+    # The sidecar's URL as QStash calls it (behind a proxy: the proxy's); None derives it from
+    # the sidecar's own address.
+    public_url: str | None = None
+    qstash_url: str | None = None
+    qstash_token: str | None = None
+    qstash_current_signing_key: str | None = None
+    qstash_next_signing_key: str | None = None
+    auth_token: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    handler_timeout: timedelta = timedelta(seconds=60)
+    relay_interval: timedelta = timedelta(seconds=1)
+    local_qstash: LocalQStashSettings = field(default_factory=LocalQStashSettings)
+
+    @property
+    def sidecar_url(self) -> str:
+        return (self.public_url or f"http://{self.sidecar_host}:{self.sidecar_port}").rstrip("/")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``JOBSVC_*`` and the QStash SDK's own ``QSTASH_*`` variables; ``ValueError``
+        names the variable that cannot be used."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def number(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, not {raw!r}") from None
+
+        broker_name = get("JOBSVC_BROKER") or BrokerKind.LOCAL.value
+        try:
+            broker = BrokerKind(broker_name)
+        except ValueError:
+            choices = ", ".join(k.value for k in BrokerKind)
+            raise ValueError(
+                f"JOBSVC_BROKER must be one of {choices}, not {broker_name!r}"
+            ) from None
+        settings = cls(
+            database_url=get("JOBSVC_DATABASE_URL") or cls.database_url,
+            broker=broker,
+            grpc_host=get("JOBSVC_GRPC_HOST") or cls.grpc_host,
+            grpc_port=int(number("JOBSVC_GRPC_PORT", cls.grpc_port)),
+            sidecar_host=get("JOBSVC_SIDECAR_HOST") or cls.sidecar_host,
+            sidecar_port=int(number("JOBSVC_SIDECAR_PORT", cls.sidecar_port)),
+            public_url=get("JOBSVC_PUBLIC_URL"),
+            qstash_url=get("QSTASH_URL"),
+            qstash_token=get("QSTASH_TOKEN"),
+            qstash_current_signing_key=get("QSTASH_CURRENT_SIGNING_KEY"),
+            qstash_next_signing_key=get("QSTASH_NEXT_SIGNING_KEY"),
+            auth_token=get("JOBSVC_AUTH_TOKEN"),
+            tls_cert_file=get("JOBSVC_TLS_CERT_FILE"),
+            tls_key_file=get("JOBSVC_TLS_KEY_FILE"),
+            handler_timeout=timedelta(
+                seconds=number(
+                    "JOBSVC_HANDLER_TIMEOUT_SECONDS", cls.handler_timeout.total_seconds()
+                )
+            ),
+            relay_interval=timedelta(
+                seconds=number("JOBSVC_RELAY_INTERVAL_SECONDS", cls.relay_interval.total_seconds())
+            ),
+            local_qstash=LocalQStashSettings.from_env(env),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        for name, port in (
+            ("JOBSVC_GRPC_PORT", self.grpc_port),
+            ("JOBSVC_SIDECAR_PORT", self.sidecar_port),
+        ):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535, not {port}")
+        if self.broker is BrokerKind.QSTASH:
+            missing = [
+                name
+                for name, value in (
+                    ("QSTASH_TOKEN", self.qstash_token),
+                    ("QSTASH_CURRENT_SIGNING_KEY", self.qstash_current_signing_key),
+                    ("QSTASH_NEXT_SIGNING_KEY", self.qstash_next_signing_key),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"JOBSVC_BROKER=qstash needs {', '.join(missing)}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("JOBSVC_TLS_CERT_FILE and JOBSVC_TLS_KEY_FILE go together")
+        if self.handler_timeout <= timedelta(0):
+            raise ValueError("JOBSVC_HANDLER_TIMEOUT_SECONDS must be positive")
+        if self.relay_interval <= timedelta(0):
+            raise ValueError("JOBSVC_RELAY_INTERVAL_SECONDS must be positive")

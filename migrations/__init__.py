@@ -1,0 +1,1 @@
+"""Alembic migrations of the job log (installed as ``jobsvc.migrations``)."""
