@@ -1,0 +1,326 @@
+"""The JobService use cases: enqueue, look up, cancel, retry, watch, schedule.
+
+The job row is committed before anything is handed to the broker (an outbox): if the broker
+cannot be reached, Enqueue still succeeds and the relay publishes the job later, so a job whose
+Enqueue returned always runs. Transports call these methods with domain types only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from jobsvc.broker import Broker, CronSchedule, Delivery, Envelope, SidecarUrls
+from jobsvc.db import JobLog
+from jobsvc.errors import BrokerUnavailable, FieldViolation, InvalidArgument
+from jobsvc.jobs import MAX_RETRIES, EnqueueOptions, Job, JobState, JobType, Schedule
+from jobsvc.payloads import Payload
+
+log = logging.getLogger("jobsvc.service")
+
+# The relay leaves a job alone this long after Enqueue, which publishes it itself.
+OWN_PUBLISH_GRACE = timedelta(seconds=10)
+MAX_DELAY = timedelta(days=365)
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueRequest:
+    """One job to enqueue: its validated payload and how to run it."""
+
+    payload: Payload
+    options: EnqueueOptions = field(default_factory=EnqueueOptions)
+
+
+def deduplication_id_for(job: Job) -> str:
+    """The id QStash deduplicates a publish of ``job`` on: the same for every publish of one
+    run-through (Enqueue and the relay racing, a relay retry) and new once attempts were made."""
+    return f"{job.id}:{job.attempts}"
+
+
+class JobService:
+    """The use cases behind the gRPC API (and the CLI, through it)."""
+
+    def __init__(
+        self,
+        *,
+        job_log: JobLog,
+        broker: Broker,
+        urls: SidecarUrls,
+        handler_timeout: timedelta,
+        clock: Callable[[], datetime],
+        watch_interval: timedelta = timedelta(milliseconds=50),
+    ) -> None:
+        self.job_log = job_log
+        self.broker = broker
+        self.urls = urls
+        self.handler_timeout = handler_timeout
+        self.clock = clock
+        self.watch_interval = watch_interval
+
+    # -- enqueueing -----------------------------------------------------------------------------
+
+    async def enqueue(self, request: EnqueueRequest) -> tuple[Job, bool]:
+        """Record the job, then hand it to the broker; the job and whether it was deduplicated.
+
+        ``InvalidArgument`` for bad options (nothing written). A broker that cannot be reached
+        does not fail the call: the job stays in the outbox for the relay.
+        """
+        job = self._new_job(request, field_prefix="")
+        stored, deduplicated = await asyncio.to_thread(
+            self.job_log.insert, job, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
+        )
+        if not deduplicated:
+            stored = await self._publish(stored)
+        return stored, deduplicated
+
+    async def enqueue_batch(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
+        """Record up to 1,000 jobs in one transaction (all or none), then publish them."""
+        if not requests:
+            raise InvalidArgument(FieldViolation("requests", "must hold at least one job"))
+        if len(requests) > MAX_BATCH:
+            raise InvalidArgument(FieldViolation("requests", f"at most {MAX_BATCH} jobs"))
+        jobs = [
+            self._new_job(request, field_prefix=f"requests[{index}].")
+            for index, request in enumerate(requests)
+        ]
+        stored = await asyncio.to_thread(
+            self.job_log.insert_many, jobs, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
+        )
+        return list(await asyncio.gather(*(self._publish(job) for job in stored)))
+
+    def _new_job(self, request: EnqueueRequest, *, field_prefix: str) -> Job:
+        options = request.options
+        violations: list[FieldViolation] = []
+        now = self.clock()
+        not_before: datetime | None = None
+        if options.delay is not None and options.not_before is not None:
+            violations.append(
+                FieldViolation(f"{field_prefix}delay", "give delay or not_before_time, not both")
+            )
+        if options.delay is not None:
+            if not timedelta(0) <= options.delay <= MAX_DELAY:
+                violations.append(
+                    FieldViolation(f"{field_prefix}delay", "must be between 0 and 365 days")
+                )
+            else:
+                not_before = now + options.delay if options.delay > timedelta(0) else None
+        if options.not_before is not None:
+            if options.not_before - now > MAX_DELAY:
+                violations.append(
+                    FieldViolation(f"{field_prefix}not_before_time", "must be within 365 days")
+                )
+            not_before = options.not_before if options.not_before > now else None
+        if not 0 <= options.retries <= MAX_RETRIES:
+            violations.append(
+                FieldViolation(f"{field_prefix}retries", f"must be between 0 and {MAX_RETRIES}")
+            )
+        if options.timeout is not None and not (
+            timedelta(seconds=1) <= options.timeout <= timedelta(minutes=15)
+        ):
+            violations.append(
+                FieldViolation(f"{field_prefix}handler_timeout", "must be between 1 s and 15 min")
+            )
+        if options.deduplication_id is not None and not 0 < len(options.deduplication_id) <= 128:
+            violations.append(
+                FieldViolation(f"{field_prefix}deduplication_id", "must be 1 to 128 characters")
+            )
+        if violations:
+            raise InvalidArgument(violations)
+        payload = request.payload
+        return Job(
+            id=uuid.uuid4(),
+            type=payload.job_type,
+            payload=payload.to_dict(),
+            max_retries=options.retries,
+            created_at=now,
+            not_before=not_before,
+            deduplication_id=options.deduplication_id,
+            timeout=options.timeout,
+        )
+
+    async def _publish(self, job: Job, *, deduplication_id: str | None = None) -> Job:
+        """Hand a stored job to the broker and record its message id; on failure leave it to
+        the relay."""
+        try:
+            message_id = await self.broker.publish(
+                self.delivery(job, deduplication_id=deduplication_id)
+            )
+        except BrokerUnavailable as exc:
+            log.warning(
+                "broker unavailable, job %s left to the relay: %s",
+                job.id,
+                exc,
+                extra={"action": "publish_deferred", "job_id": str(job.id)},
+            )
+            return job
+        await asyncio.to_thread(self.job_log.mark_published, job.id, message_id)
+        job.qstash_message_id = message_id
+        return job
+
+    def delivery(self, job: Job, *, deduplication_id: str | None = None) -> Delivery:
+        """What the broker gets for ``job``: its envelope to its type's endpoint, with a
+        QStash timeout a little above the handler's so the sidecar can record the outcome."""
+        timeout = (job.timeout or self.handler_timeout) + timedelta(seconds=5)
+        return Delivery.for_job(
+            job,
+            urls=self.urls,
+            deduplication_id=deduplication_id or deduplication_id_for(job),
+            timeout=timeout,
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        """The job with its attempt history; ``JobNotFound`` if there is none."""
+        return await asyncio.to_thread(self.job_log.get, job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        type: JobType | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Jobs newest first, filtered, one page; and the next page's token (None at the end)."""
+        return await asyncio.to_thread(
+            self.job_log.list,
+            state=state,
+            type=type,
+            created_after=created_after,
+            created_before=created_before,
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    async def watch(self, job_id: uuid.UUID) -> AsyncIterator[Job]:
+        """The job now, then again at every change of state or attempt, until it is final."""
+        last: tuple[JobState, int] | None = None
+        interval = self.watch_interval.total_seconds()
+        while True:
+            job = await self.get(job_id)
+            current = (job.state, job.attempts)
+            if current != last:
+                yield job
+                last = current
+            if job.state.is_final:
+                return
+            await asyncio.sleep(interval)
+
+    # -- changing jobs --------------------------------------------------------------------------
+
+    async def cancel(self, job_id: uuid.UUID) -> Job:
+        """Cancel a pending or retrying job (``InvalidState`` otherwise); its QStash message is
+        cancelled too where the broker still holds it. A delivery that arrives anyway finds the
+        job cancelled and does nothing."""
+        job = await asyncio.to_thread(self.job_log.cancel, job_id)
+        if job.qstash_message_id is not None:
+            try:
+                await self.broker.cancel(job.qstash_message_id)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "could not cancel message %s: %s",
+                    job.qstash_message_id,
+                    exc,
+                    extra={"action": "cancel_message_failed", "job_id": str(job_id)},
+                )
+        return job
+
+    async def retry(self, job_id: uuid.UUID) -> Job:
+        """Re-drive a failed job from the dead-letter queue with a fresh retry budget
+        (``InvalidState`` unless failed)."""
+        job = await asyncio.to_thread(self.job_log.requeue_failed, job_id)
+        # A deduplication id of its own: QStash would answer a publish under the old one with
+        # the old message for ten minutes. (Should this publish fail, the relay publishes under
+        # the attempt-based id, which differs from the first run's once any attempt was made.)
+        return await self._publish(job, deduplication_id=f"{job.id}:retry:{uuid.uuid4().hex}")
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        *,
+        payload: Payload,
+        cron: str,
+        time_zone: str | None,
+        schedule_id: str | None,
+        retries: int,
+        handler_timeout: timedelta | None,
+    ) -> Schedule:
+        """Create a recurring job, or replace the schedule with ``schedule_id``. The broker
+        takes it first: if it cannot, nothing is recorded (``BrokerUnavailable``)."""
+        schedule_id = schedule_id or f"sched_{uuid.uuid4().hex}"
+        now = self.clock()
+        envelope = Envelope(
+            job_type=payload.job_type, payload=payload.to_dict(), timeout=handler_timeout
+        )
+        try:
+            cron_schedule = CronSchedule(
+                job_type=payload.job_type,
+                cron=cron,
+                body=envelope.encode(),
+                url=self.urls.job(payload.job_type),
+                time_zone=time_zone,
+                schedule_id=schedule_id,
+                retries=retries,
+                timeout=(handler_timeout or self.handler_timeout) + timedelta(seconds=5),
+                failure_callback=self.urls.failure_callback,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(FieldViolation("cron", str(exc))) from None
+        qstash_schedule_id = await self.broker.create_schedule(cron_schedule)
+        schedule = Schedule(
+            id=schedule_id,
+            cron=cron,
+            time_zone=time_zone,
+            type=payload.job_type,
+            payload=payload.to_dict(),
+            retries=retries,
+            timeout=handler_timeout,
+            qstash_schedule_id=qstash_schedule_id,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            return await asyncio.to_thread(self.job_log.schedules.save, schedule)
+        except Exception:
+            # Not recorded: do not leave the broker firing a schedule nobody knows of.
+            await self.broker.delete_schedule(qstash_schedule_id)
+            raise
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return await asyncio.to_thread(self.job_log.schedules.get, schedule_id)
+
+    async def list_schedules(
+        self, *, page_size: int | None = None, page_token: str | None = None
+    ) -> tuple[list[Schedule], str | None]:
+        return await asyncio.to_thread(
+            self.job_log.schedules.list, page_size=page_size, page_token=page_token
+        )
+
+    async def delete_schedule(self, schedule_id: str) -> Schedule:
+        """Stop the schedule in the broker, then forget it; jobs it started stay."""
+        schedule = await self.get_schedule(schedule_id)
+        await self.broker.delete_schedule(schedule.qstash_schedule_id or schedule.id)
+        return await asyncio.to_thread(self.job_log.schedules.delete, schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        schedule = await self.get_schedule(schedule_id)
+        if schedule.paused:
+            return schedule
+        await self.broker.pause_schedule(schedule.qstash_schedule_id or schedule.id)
+        return await asyncio.to_thread(self.job_log.schedules.set_paused, schedule_id, True)
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        schedule = await self.get_schedule(schedule_id)
+        if not schedule.paused:
+            return schedule
+        await self.broker.resume_schedule(schedule.qstash_schedule_id or schedule.id)
+        return await asyncio.to_thread(self.job_log.schedules.set_paused, schedule_id, False)
