@@ -25,7 +25,7 @@ from jobsvc.broker import (
 )
 from jobsvc.db import JobLog, create_database_engine, current_revision, head_revision, upgrade
 from jobsvc.db.clock import utc_now
-from jobsvc.handlers import default_registry
+from jobsvc.handlers import HandlerRegistry, default_registry
 from jobsvc.jobs import EnqueueOptions, JobType
 from jobsvc.localqstash.users import DEV_USERS
 from jobsvc.payloads import parse_payload
@@ -119,8 +119,10 @@ async def running(
     relay: bool,
     embed_local_qstash: bool,
     migrate: bool,
+    registry: HandlerRegistry | None = None,
 ) -> AsyncIterator[Parts]:
-    """Start the chosen parts; stop them (gracefully) when the block ends."""
+    """Start the chosen parts; stop them (gracefully) when the block ends. ``registry``
+    replaces the default handlers (an installation with handlers of its own, tests)."""
     engine, job_log = await asyncio.to_thread(open_job_log, settings, migrate=migrate)
     holder: dict[str, JobService] = {}
 
@@ -140,7 +142,7 @@ async def running(
 
     deliveries = Deliveries(
         job_log=job_log,
-        registry=default_registry(),
+        registry=registry or default_registry(),
         handler_timeout=settings.handler_timeout,
         follow_up=follow_up,
     )
