@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t jobsvc .
-# Run the local QStash-compatible server with its state on a volume:
-#   docker run -p 8080:8080 -v jobsvc-data:/data jobsvc
+# One image, two roles (scale each on its own; both are stateless, the database holds the state):
+#   docker run -p 50051:50051 --env-file jobsvc.env jobsvc rpc       # gRPC JobService + relay
+#   docker run -p 8000:8000  --env-file jobsvc.env \
+#     --health-cmd "jobsvc health --http http://127.0.0.1:8000/readyz" jobsvc sidecar
+# Run `jobsvc migrate` once per release before starting them (same image, same env file).
+# jobsvc.env: JOBSVC_DATABASE_URL=postgresql://…, JOBSVC_BROKER=qstash, QSTASH_TOKEN,
+# QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY, JOBSVC_PUBLIC_URL=https://<sidecar host>.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY jobsvc ./jobsvc
+COPY migrations ./migrations
 RUN python -m venv /opt/jobsvc \
     && /opt/jobsvc/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/jobsvc/bin/pip install --no-cache-dir .
@@ -16,12 +21,13 @@ RUN useradd --system --uid 10001 --home-dir /data --create-home jobsvc
 COPY --from=build /opt/jobsvc /opt/jobsvc
 ENV PATH=/opt/jobsvc/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    JOBSVC_QSTASH_DEV_HOST=0.0.0.0 \
-    JOBSVC_QSTASH_DEV_DATABASE_URL=sqlite:////data/jobsvc-qstash.sqlite3
+    JOBSVC_GRPC_HOST=0.0.0.0 \
+    JOBSVC_SIDECAR_HOST=0.0.0.0
 USER jobsvc
 WORKDIR /data
-EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
-    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health', timeout=2)"
+EXPOSE 50051 8000
+# The gRPC health service; the sidecar role overrides it with its readiness URL (see above).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s \
+    CMD ["jobsvc", "health", "--target", "127.0.0.1:50051"]
 ENTRYPOINT ["jobsvc"]
-CMD ["qstash-dev"]
+CMD ["rpc"]
