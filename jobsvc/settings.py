@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
-from jobsvc.localqstash import LocalQStashSettings
+from jobsvc.localqstash.settings import LocalQStashSettings
 
 
 class BrokerKind(StrEnum):

@@ -165,6 +165,11 @@ class Broker(Protocol):
         (delivered, cancelled, or never known). A delivery already in flight is not stopped."""
         ...
 
+    async def delete_dlq(self, dlq_id: str) -> bool:
+        """Remove an entry from the dead-letter queue (an operator re-drove the job); False
+        when the broker no longer holds it."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections (and whatever the broker owns, such as an embedded server)."""
         ...

@@ -85,6 +85,9 @@ class InlineBroker:
     async def cancel(self, message_id: str) -> bool:
         return False  # every inline delivery has run by the time its publish returned
 
+    async def delete_dlq(self, dlq_id: str) -> bool:
+        return False  # inline runs keep no dead-letter queue
+
     async def aclose(self) -> None:
         return None
 

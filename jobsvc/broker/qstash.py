@@ -129,6 +129,14 @@ class QStashBroker:
             return False
         return True
 
+    async def delete_dlq(self, dlq_id: str) -> bool:
+        try:
+            async with self._call("delete the DLQ entry", not_found=_Gone()):
+                await self._client.dlq.delete(dlq_id)
+        except _Gone:
+            return False
+        return True
+
     async def aclose(self) -> None:
         # The SDK has no close of its own; its httpx pool is all it holds.
         await self._client.http._client.aclose()

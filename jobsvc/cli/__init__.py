@@ -16,6 +16,12 @@ COMMANDS = {
     "qstash-dev": "qstash_dev",
     "migrate": "migrate",
     "health": "health",
+    "enqueue": "operator",
+    "status": "operator",
+    "jobs": "operator",
+    "schedule": "operator",
+    "cancel": "operator",
+    "retry": "operator",
 }
 
 

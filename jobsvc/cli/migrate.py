@@ -8,11 +8,10 @@ import os
 import sys
 from typing import Any
 
-from alembic.util import CommandError
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
 from jobsvc.cli.process import safe_url
-from jobsvc.db import DEFAULT_DATABASE_URL, create_database_engine, current_revision, upgrade
+from jobsvc.settings import Settings
+
+DEFAULT_DATABASE_URL = Settings.database_url
 
 
 def add_parser(commands: Any) -> None:
@@ -31,6 +30,14 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Alembic narrates every step at INFO (from its import on); the one line printed below
+    # says what happened.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from alembic.util import CommandError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from jobsvc.db import create_database_engine, current_revision, upgrade
+
     url = args.database_url or os.environ.get("JOBSVC_DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         engine = create_database_engine(url)
@@ -40,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a dialect whose driver is not installed
         print(f"jobsvc migrate: cannot open the database {safe_url(url)}: {exc}", file=sys.stderr)
         return 1
-    # Alembic narrates every step at INFO; the one line printed below says what happened.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         before = current_revision(engine)
         upgrade(engine)

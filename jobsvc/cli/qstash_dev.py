@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobsvc.cli.process import fail, run_async, safe_url
-from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, banner
+from jobsvc.localqstash.settings import LocalQStashSettings
 
 
 def add_parser(commands: Any) -> None:
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(settings: LocalQStashSettings) -> None:
     # The store's writer thread competes for the GIL; a short switch interval keeps the event
     # loop from waiting behind it for the default 5 ms after every system call.
+    from jobsvc.localqstash import LocalQStashServer, banner
+
     sys.setswitchinterval(0.0005)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

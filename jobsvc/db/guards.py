@@ -142,7 +142,7 @@ REQUEUE = _move(
     lease_expires_at=None,
     published_at=None,
     publish_attempts=0,
-    next_publish_at=_NOW,
+    next_publish_at=bindparam("p_next_publish_at", type_=_NOW.type),
 ).returning(*_COLUMNS)
 FINISH_ATTEMPT = (
     update(job_attempts)

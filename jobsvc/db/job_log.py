@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -117,6 +117,16 @@ class JobLog(Transitions):
 
     # -- reading jobs ----------------------------------------------------------------------
 
+    def by_deduplication_ids(self, deduplication_ids: Collection[str]) -> dict[str, Job]:
+        """The recorded jobs among ``deduplication_ids``, by deduplication id (with their
+        histories); ids no job holds are absent."""
+        if not deduplication_ids:
+            return {}
+        query = select(job_logs).where(job_logs.c.deduplication_id.in_(list(deduplication_ids)))
+        with storage_errors("read jobs by deduplication id"), self._autocommit.connect() as c:
+            jobs = load_jobs(c, query)
+        return {job.deduplication_id: job for job in jobs if job.deduplication_id is not None}
+
     def get(self, job_id: uuid.UUID) -> Job:
         """The job with its attempt history; JobNotFound if there is none with this id."""
         with storage_errors("read the job"), self._autocommit.connect() as connection:
@@ -130,6 +140,9 @@ class JobLog(Transitions):
         *,
         state: JobState | None = None,
         type: JobType | None = None,
+        states: Collection[JobState] = (),
+        types: Collection[JobType] = (),
+        schedule_id: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int | None = None,
@@ -138,17 +151,25 @@ class JobLog(Transitions):
         """Jobs newest first, created in [``created_after``, ``created_before``), with their
         histories; and the token of the next page, None after the last.
 
-        Keyset pagination on (created_at, id): every job appears exactly once across the
-        pages even while new ones arrive. ``page_size``: 0 or None for 50, at most 1000.
-        InvalidArgument for a negative size or a token issued for other filters.
+        Filters combine with AND: in one of ``states`` (``state`` is one more), of one of
+        ``types`` (``type`` likewise), started by the cron schedule ``schedule_id``; empty
+        means any. Keyset pagination on (created_at, id): every job appears exactly once
+        across the pages even while new ones arrive. ``page_size``: 0 or None for 50, at most
+        1000. InvalidArgument for a negative size or a token issued for other filters.
         """
         size = pages.page_size(page_size)
-        filters = pages.fingerprint(state, type, created_after, created_before)
+        wanted_states = sorted({*states, *([state] if state is not None else [])})
+        wanted_types = sorted({*types, *([type] if type is not None else [])})
+        filters = pages.fingerprint(
+            wanted_states, wanted_types, schedule_id, created_after, created_before
+        )
         query = select(job_logs)
-        if state is not None:
-            query = query.where(job_logs.c.state == state.value)
-        if type is not None:
-            query = query.where(job_logs.c.job_type == type.value)
+        if wanted_states:
+            query = query.where(job_logs.c.state.in_([s.value for s in wanted_states]))
+        if wanted_types:
+            query = query.where(job_logs.c.job_type.in_([t.value for t in wanted_types]))
+        if schedule_id is not None:
+            query = query.where(job_logs.c.schedule_id == schedule_id)
         if created_after is not None:
             query = query.where(job_logs.c.created_at >= created_after)
         if created_before is not None:

@@ -10,7 +10,7 @@ moved and changes nothing.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Executable, select
@@ -147,11 +147,15 @@ class Transitions:
         job, InvalidState if it is processing or finished."""
         return self._move_or_explain(guards.CANCEL, job_id, "cancel", guards.CANCELLABLE)
 
-    def requeue_failed(self, job_id: uuid.UUID) -> Job:
+    def requeue_failed(self, job_id: uuid.UUID, *, next_publish_at: datetime | None = None) -> Job:
         """failed → pending, for an operator's retry: the DLQ id and QStash message id are
-        cleared and the job rejoins the outbox, so the relay publishes it anew. Attempt numbers
-        continue. JobNotFound if missing, InvalidState unless failed."""
-        return self._move_or_explain(guards.REQUEUE, job_id, "requeue", guards.REQUEUEABLE)
+        cleared and the job rejoins the outbox, so the relay publishes it anew from
+        ``next_publish_at`` (default: now; later when the caller publishes it itself). Attempt
+        numbers continue. JobNotFound if missing, InvalidState unless failed."""
+        extra = {"p_next_publish_at": next_publish_at or self._clock()}
+        return self._move_or_explain(
+            guards.REQUEUE, job_id, "requeue", guards.REQUEUEABLE, extra=extra
+        )
 
     def _finish(
         self, statement: Executable, parameters: dict[str, Any], outcome: str, action: str
@@ -171,9 +175,15 @@ class Transitions:
                 return True
 
     def _move_or_explain(
-        self, statement: Executable, job_id: uuid.UUID, verb: str, allowed: frozenset[JobState]
+        self,
+        statement: Executable,
+        job_id: uuid.UUID,
+        verb: str,
+        allowed: frozenset[JobState],
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> Job:
-        parameters = {"p_job_id": job_id, "p_now": self._clock()}
+        parameters = {"p_job_id": job_id, "p_now": self._clock(), **(extra or {})}
         with storage_errors(f"{verb} the job"), self._engine.begin() as connection:
             rows = connection.execute(statement, parameters).all()
             if rows:

@@ -147,10 +147,11 @@ def enqueue_batch(message: pb.EnqueueBatchRequest) -> list[EnqueueRequest]:
 
 @dataclass(frozen=True, kw_only=True)
 class JobFilters:
-    """ListJobs' filters as the use case takes them."""
+    """ListJobs' filters as the use case takes them (empty collections: any)."""
 
-    state: JobState | None
-    type: JobType | None
+    states: frozenset[JobState]
+    types: frozenset[JobType]
+    schedule_id: str | None
     created_after: datetime | None
     created_before: datetime | None
 
@@ -163,13 +164,6 @@ def job_filters(message: pb.ListJobsRequest) -> JobFilters:
     for index, job_type in enumerate(message.types):
         if job_type not in conversion.JOB_TYPES:
             found.add(f"types[{index}]", "must be a known type other than UNSPECIFIED")
-    # The use case filters on one state and one type; the OR of several is not there yet.
-    if len(message.states) > 1:
-        found.add("states", "this server filters on one state at a time")
-    if len(message.types) > 1:
-        found.add("types", "this server filters on one type at a time")
-    if message.schedule_id:
-        found.add("schedule_id", "this server does not filter by schedule yet")
     after = before = None
     try:
         if message.HasField("min_create_time"):
@@ -182,8 +176,9 @@ def job_filters(message: pb.ListJobsRequest) -> JobFilters:
         found.add("max_create_time", "must be later than min_create_time")
     found.raise_if_any()
     return JobFilters(
-        state=conversion.JOB_STATES[message.states[0]] if message.states else None,
-        type=conversion.JOB_TYPES[message.types[0]] if message.types else None,
+        states=frozenset(conversion.JOB_STATES[state] for state in message.states),
+        types=frozenset(conversion.JOB_TYPES[job_type] for job_type in message.types),
+        schedule_id=message.schedule_id or None,
         created_after=after,
         created_before=before,
     )

@@ -42,9 +42,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def EnqueueBatch(
         self, request: pb.EnqueueBatchRequest, context: Context
     ) -> pb.EnqueueBatchResponse:
-        jobs = await self._service.enqueue_batch(requests.enqueue_batch(request))
+        answers = await self._service.enqueue_batch(requests.enqueue_batch(request))
         return pb.EnqueueBatchResponse(
-            responses=[pb.EnqueueResponse(job=job_to_proto(job)) for job in jobs]
+            responses=[
+                pb.EnqueueResponse(job=job_to_proto(job), deduplicated=deduplicated)
+                for job, deduplicated in answers
+            ]
         )
 
     @unary
@@ -65,8 +68,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         filters = requests.job_filters(request)
         jobs, next_page_token = await self._service.list_jobs(
-            state=filters.state,
-            type=filters.type,
+            states=filters.states,
+            types=filters.types,
+            schedule_id=filters.schedule_id,
             created_after=filters.created_after,
             created_before=filters.created_before,
             page_size=request.page_size,

@@ -233,6 +233,11 @@ class Deliveries:
         job_id = envelope.job_id or firing_job_id(report.source_message_id)
         extra["job_id"] = str(job_id)
         error = report.describe()
+        if envelope.job_id is not None and await self._superseded(job_id, report):
+            # A second message of the job (two publishes raced) gave up, not the job's own:
+            # the job's fate is its current message's.
+            log.info("superseded message", extra={**extra, "action": "failure_callback_superseded"})
+            return
         if await asyncio.to_thread(self._job_log.mark_failed, job_id, report.dlq_id, error):
             log.warning("job dead-lettered", extra={**extra, "action": "failure_callback_recorded"})
             return
@@ -250,6 +255,14 @@ class Deliveries:
         log.info("already recorded", extra={**extra, "action": "failure_callback_duplicate"})
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _superseded(self, job_id: uuid.UUID, report: FailureReport) -> bool:
+        try:
+            job = await asyncio.to_thread(self._job_log.get, job_id)
+        except JobNotFound:
+            return False
+        current = job.qstash_message_id
+        return current is not None and current != report.source_message_id
 
     async def _record_firing(
         self, envelope: Envelope, message_id: str, retried: int, schedule_id: str | None

@@ -8,22 +8,32 @@ Enqueue returned always runs. Transports call these methods with domain types on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from jobsvc.broker import Broker, CronSchedule, Delivery, Envelope, SidecarUrls
 from jobsvc.db import JobLog
-from jobsvc.errors import BrokerUnavailable, FieldViolation, InvalidArgument
+from jobsvc.db.transitions import LEASE_EXPIRED
+from jobsvc.errors import (
+    AlreadyExists,
+    BrokerUnavailable,
+    FieldViolation,
+    InvalidArgument,
+    JobServiceError,
+)
 from jobsvc.jobs import MAX_RETRIES, EnqueueOptions, Job, JobState, JobType, Schedule
 from jobsvc.payloads import Payload
 
 log = logging.getLogger("jobsvc.service")
 
-# The relay leaves a job alone this long after Enqueue, which publishes it itself.
+# The relay leaves a job alone this long after Enqueue, which publishes it itself; and this
+# long after Enqueue's own publish failed (the relay's first backoff).
 OWN_PUBLISH_GRACE = timedelta(seconds=10)
+RELAY_AFTER_OWN_FAILURE = timedelta(seconds=1)
 MAX_DELAY = timedelta(days=365)
 MAX_BATCH = 1000
 
@@ -40,6 +50,49 @@ def deduplication_id_for(job: Job) -> str:
     """The id QStash deduplicates a publish of ``job`` on: the same for every publish of one
     run-through (Enqueue and the relay racing, a relay retry) and new once attempts were made."""
     return f"{job.id}:{job.attempts}"
+
+
+def passed_through(job: Job, *, since: tuple[JobState, int]) -> list[Job]:
+    """The states ``job`` went through after being in ``since`` (state, attempts) and before
+    its current one, as its attempt history records them, each as the job was then; empty
+    when the history cannot place ``since``."""
+    timeline: list[tuple[JobState, int]] = [(JobState.PENDING, 0)]
+    for attempt in job.history:
+        timeline.append((JobState.PROCESSING, attempt.number))
+        # Still retrying now, or a later attempt (or a cancel, a failure callback) followed.
+        left = attempt.number < job.attempts or job.state is not JobState.RETRYING
+        if attempt.outcome == "retry" and left and attempt.error != LEASE_EXPIRED:
+            timeline.append((JobState.RETRYING, attempt.number))  # (a takeover goes straight on)
+        elif attempt.outcome == "failed":
+            timeline.append((JobState.FAILED, attempt.number))
+            if attempt.number < job.attempts:  # an operator retried it
+                timeline.append((JobState.PENDING, attempt.number))
+    current = (job.state, job.attempts)
+    if timeline[-1] != current:
+        timeline.append(current)
+    starts = [i for i, moment in enumerate(timeline) if moment == since]
+    if not starts:
+        return []
+    return [_as_it_was(job, state, n) for state, n in timeline[starts[-1] + 1 : -1]]
+
+
+def _as_it_was(job: Job, state: JobState, attempts: int) -> Job:
+    history = [replace(a) for a in job.history if a.number <= attempts]
+    if state is JobState.PROCESSING and history:
+        history[-1] = replace(history[-1], finished_at=None, outcome=None, error=None)
+    finished = [a for a in history if a.outcome is not None]
+    return replace(
+        job,
+        state=state,
+        attempts=attempts,
+        history=history,
+        started_at=history[0].started_at if history else None,
+        finished_at=finished[-1].finished_at if state is JobState.FAILED and finished else None,
+        result=None,
+        error=finished[-1].error if finished else None,
+        qstash_message_id=history[-1].qstash_message_id if history else job.qstash_message_id,
+        dlq_id=None,
+    )
 
 
 class JobService:
@@ -78,8 +131,14 @@ class JobService:
             stored = await self._publish(stored)
         return stored, deduplicated
 
-    async def enqueue_batch(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
-        """Record up to 1,000 jobs in one transaction (all or none), then publish them."""
+    async def enqueue_batch(self, requests: Sequence[EnqueueRequest]) -> list[tuple[Job, bool]]:
+        """Record up to 1,000 jobs in one transaction (all or none), then publish them; per
+        request, in order, the job and whether it was deduplicated.
+
+        An entry whose ``deduplication_id`` a recorded job already holds is answered with that
+        job, as Enqueue would, and creates nothing; the others are inserted together or not at
+        all. Two entries with the same deduplication id are the caller's error (InvalidArgument).
+        """
         if not requests:
             raise InvalidArgument(FieldViolation("requests", "must hold at least one job"))
         if len(requests) > MAX_BATCH:
@@ -88,10 +147,32 @@ class JobService:
             self._new_job(request, field_prefix=f"requests[{index}].")
             for index, request in enumerate(requests)
         ]
-        stored = await asyncio.to_thread(
-            self.job_log.insert_many, jobs, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
-        )
-        return list(await asyncio.gather(*(self._publish(job) for job in stored)))
+        keys = [job.deduplication_id for job in jobs if job.deduplication_id is not None]
+        if len(set(keys)) != len(keys):
+            raise InvalidArgument(
+                FieldViolation("requests", "two requests have the same deduplication_id")
+            )
+        existing: dict[str, Job] = {}
+        for _ in range(3):
+            existing = await asyncio.to_thread(self.job_log.by_deduplication_ids, keys)
+            new = [job for job in jobs if job.deduplication_id not in existing]
+            try:
+                stored = await asyncio.to_thread(
+                    self.job_log.insert_many, new, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
+                )
+                break
+            except AlreadyExists:
+                # A concurrent Enqueue took one of the ids after the lookup: look again. (An id
+                # taken by a job's own id or message id fails the same way three times.)
+                continue
+        else:
+            raise AlreadyExists("the batch kept colliding with concurrent enqueues; try again")
+        published = iter(await asyncio.gather(*(self._publish(job) for job in stored)))
+        answers: list[tuple[Job, bool]] = []
+        for job in jobs:
+            found = existing.get(job.deduplication_id) if job.deduplication_id else None
+            answers.append((found, True) if found is not None else (next(published), False))
+        return answers
 
     def _new_job(self, request: EnqueueRequest, *, field_prefix: str) -> Job:
         options = request.options
@@ -157,6 +238,12 @@ class JobService:
                 exc,
                 extra={"action": "publish_deferred", "job_id": str(job.id)},
             )
+            # Counted as the relay counts its own failures, and due after the relay's first
+            # backoff instead of the grace that only keeps the relay from racing this publish.
+            with contextlib.suppress(JobServiceError):  # then the grace it is
+                await asyncio.to_thread(
+                    self.job_log.publish_failed, job.id, self.clock() + RELAY_AFTER_OWN_FAILURE
+                )
             return job
         await asyncio.to_thread(self.job_log.mark_published, job.id, message_id)
         job.qstash_message_id = message_id
@@ -182,18 +269,26 @@ class JobService:
     async def list_jobs(
         self,
         *,
-        state: JobState | None = None,
-        type: JobType | None = None,
+        states: Collection[JobState] = (),
+        types: Collection[JobType] = (),
+        schedule_id: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int | None = None,
         page_token: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        """Jobs newest first, filtered, one page; and the next page's token (None at the end)."""
+        """Jobs newest first, one page; and the next page's token (None at the end).
+
+        Filters combine with AND: in one of ``states``, of one of ``types`` (empty: any),
+        started by the cron schedule ``schedule_id``, created in [``created_after``,
+        ``created_before``). InvalidArgument for a negative page size or a page token issued
+        for other filters.
+        """
         return await asyncio.to_thread(
             self.job_log.list,
-            state=state,
-            type=type,
+            states=states,
+            types=types,
+            schedule_id=schedule_id,
             created_after=created_after,
             created_before=created_before,
             page_size=page_size,
@@ -201,11 +296,24 @@ class JobService:
         )
 
     async def watch(self, job_id: uuid.UUID) -> AsyncIterator[Job]:
-        """The job now, then again at every change of state or attempt, until it is final."""
+        """The job now, then again at every change of state or attempts, until it is final.
+
+        It polls the job log every ``watch_interval``. Changes that fall between two polls are
+        read back from the attempt history: every attempt shows as ``processing`` (and a failed
+        one that was retried as ``retrying``, then ``failed`` and ``pending`` again when an
+        operator retried it), as the job was then, with the history it had. The limit of
+        polling: a change the history keeps no trace of is still missed when it is undone
+        within one interval (an attempt's ``retrying`` followed by a failure callback and an
+        operator's retry before the next attempt), and each message comes up to one interval
+        late. JobNotFound if there is no such job.
+        """
         last: tuple[JobState, int] | None = None
         interval = self.watch_interval.total_seconds()
         while True:
             job = await self.get(job_id)
+            if last is not None:
+                for passed in passed_through(job, since=last):
+                    yield passed
             current = (job.state, job.attempts)
             if current != last:
                 yield job
@@ -235,12 +343,26 @@ class JobService:
 
     async def retry(self, job_id: uuid.UUID) -> Job:
         """Re-drive a failed job from the dead-letter queue with a fresh retry budget
-        (``InvalidState`` unless failed)."""
-        job = await asyncio.to_thread(self.job_log.requeue_failed, job_id)
-        # A deduplication id of its own: QStash would answer a publish under the old one with
-        # the old message for ten minutes. (Should this publish fail, the relay publishes under
-        # the attempt-based id, which differs from the first run's once any attempt was made.)
-        return await self._publish(job, deduplication_id=f"{job.id}:retry:{uuid.uuid4().hex}")
+        (``InvalidState`` unless failed); its DLQ entry is removed."""
+        failed = await self.get(job_id)
+        job = await asyncio.to_thread(
+            self.job_log.requeue_failed, job_id, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
+        )
+        # A deduplication id of its own: under the first run's, QStash would answer with the
+        # old message for ten minutes. The relay keeps off during the grace period, so the two
+        # cannot race; should this publish fail, the relay takes over under its own id.
+        job = await self._publish(job, deduplication_id=f"{job.id}:retry:{uuid.uuid4().hex}")
+        if failed.dlq_id is not None:
+            try:
+                await self.broker.delete_dlq(failed.dlq_id)
+            except JobServiceError as exc:
+                log.warning(
+                    "could not remove DLQ entry %s: %s",
+                    failed.dlq_id,
+                    exc,
+                    extra={"action": "dlq_delete_failed", "job_id": str(job_id)},
+                )
+        return job
 
     # -- schedules ------------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ async def test_deduplication_id_returns_the_same_job_and_publishes_once(
     assert (first_dup, second_dup) == (False, True)
     assert second.id == first.id
     await receiver.wait_for_async(1, path="/api/jobs/syndicate-listing")
-    jobs, _ = await service.list_jobs(type=JobType.SYNDICATE_LISTING)
+    jobs, _ = await service.list_jobs(types=[JobType.SYNDICATE_LISTING])
     assert [j.id for j in jobs] == [first.id]
 
 

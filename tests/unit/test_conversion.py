@@ -388,7 +388,20 @@ def test_list_filters() -> None:
     filters = requests.job_filters(
         pb.ListJobsRequest(states=[jobs_pb2.JOB_STATE_FAILED], types=[jobs_pb2.JOB_TYPE_CRM_MATCH])
     )
-    assert (filters.state, filters.type) == (JobState.FAILED, JobType.CRM_MATCH)
+    assert (filters.states, filters.types) == ({JobState.FAILED}, {JobType.CRM_MATCH})
+    assert filters.schedule_id is None
+    several = requests.job_filters(
+        pb.ListJobsRequest(
+            states=[jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED],
+            types=[jobs_pb2.JOB_TYPE_CRM_MATCH, jobs_pb2.JOB_TYPE_SEND_REMINDER],
+            schedule_id="nightly",
+        )
+    )
+    assert several.states == {JobState.FAILED, JobState.CANCELLED}
+    assert several.types == {JobType.CRM_MATCH, JobType.SEND_REMINDER}
+    assert several.schedule_id == "nightly"
+    anything = requests.job_filters(pb.ListJobsRequest())
+    assert (anything.states, anything.types, anything.schedule_id) == (set(), set(), None)
     with pytest.raises(InvalidArgument) as error:
         requests.job_filters(pb.ListJobsRequest(states=[0], types=[99]))  # type: ignore[list-item]
     assert field_paths(error) == ["states[0]", "types[0]"]
