@@ -25,6 +25,9 @@ COMMANDS = {
 }
 
 
+SERVERS = frozenset({"serve", "rpc", "sidecar", "qstash-dev"})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobsvc",
@@ -38,8 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Servers narrate at INFO; one-shot commands print their own result and log warnings only.
+    level = logging.INFO if args.command in SERVERS else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per broker call is noise
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     module = importlib.import_module(f"jobsvc.cli.{COMMANDS[args.command]}")
     result: int = module.run(args)
     return result
