@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from jobsvc.asgi_server import AsgiServer
 from jobsvc.broker import (
     Broker,
     Envelope,
@@ -35,7 +36,6 @@ from jobsvc.service.jobs import EnqueueRequest, JobService
 from jobsvc.service.relay import Relay
 from jobsvc.settings import BrokerKind, Settings
 from jobsvc.webhooks import SignatureVerifier, build_app, status_code
-from jobsvc.webhooks.server import SidecarServer
 
 log = logging.getLogger("jobsvc")
 UPSTASH_URL = "https://qstash.upstash.io"
@@ -58,7 +58,7 @@ class Parts:
     deliveries: Deliveries
     rpc: JobServer | None = None
     rpc_port: int | None = None
-    sidecar: SidecarServer | None = None
+    sidecar: AsgiServer | None = None
     local_qstash_url: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -193,9 +193,7 @@ async def running(
             current, nxt = _signing_keys(settings, broker)
             verifier = SignatureVerifier(current, nxt, public_url=settings.sidecar_url)
             app = build_app(deliveries=deliveries, verifier=verifier)
-            parts.sidecar = SidecarServer(
-                app, host=settings.sidecar_host, port=settings.sidecar_port
-            )
+            parts.sidecar = AsgiServer(app, host=settings.sidecar_host, port=settings.sidecar_port)
             await parts.sidecar.start()
         if rpc:
             tls = load_tls(settings.tls_cert_file, settings.tls_key_file)

@@ -4,7 +4,6 @@ different filters AND-ed."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from sqlalchemy import ColumnElement, Table, or_
 
@@ -70,7 +69,3 @@ def page(
         except ValueError:
             raise BadRequest(f"invalid cursor: {params['cursor'][0]!r}") from None
     return count, cursor
-
-
-def to_json_header(value: Any) -> Any:
-    return value if value else None

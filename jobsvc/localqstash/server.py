@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
-import uvicorn
 from starlette.applications import Starlette
 
+from jobsvc.asgi_server import AsgiServer
 from jobsvc.localqstash.api import Api
 from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.schedules import Scheduler
@@ -35,8 +34,7 @@ class LocalQStashServer:
         self.engine = Engine(settings, self.store, self.users)
         self.scheduler = Scheduler(self.engine)
         self.app: Starlette = Api(self.engine, self.scheduler).app()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: AsgiServer | None = None
         self.port = settings.port
 
     @property
@@ -65,38 +63,23 @@ class LocalQStashServer:
         try:
             await self.engine.start()
             await self.scheduler.start()
-            # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without
-            # it Nagle holds back each response body until the client's delayed ACK (40 ms).
-            family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.settings.host, self.settings.port))
-            self.port = sock.getsockname()[1]
-            config = uvicorn.Config(
+            self._http = AsgiServer(
                 self.app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=5,
-                backlog=2048,
+                host=self.settings.host,
+                port=self.settings.port,
+                graceful_seconds=5,
             )
-            self._server = _Server(config)
-            self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-            while not self._server.started:
-                if self._task.done():
-                    await self._task
-                    raise RuntimeError("the local QStash server stopped while starting")
-                await asyncio.sleep(0.005)
+            await self._http.start()
+            self.port = self._http.port
         except BaseException:
             await self._stop_parts()
             raise
         log.info("local QStash server listening on %s", self.url, extra={"action": "listening"})
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._server = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         await self._stop_parts()
 
     async def _stop_parts(self) -> None:
@@ -115,14 +98,6 @@ class LocalQStashServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: whoever embeds the server decides when it stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @contextlib.asynccontextmanager

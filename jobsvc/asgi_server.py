@@ -1,4 +1,5 @@
-"""Serving the sidecar app with uvicorn on a real port, inside the caller's event loop."""
+"""Serving an ASGI app with uvicorn on a real port inside the caller's event loop: the sidecar
+and the local QStash server both run this way, in their own process or embedded in another."""
 
 from __future__ import annotations
 
@@ -6,33 +7,44 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the process decides when the sidecar stops."""
+    """uvicorn without its own signal handlers: whoever embeds the server decides when it stops."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
 
-class SidecarServer:
-    """``await start()`` binds ``host:port`` (0: any free port, see ``port``) and serves the app;
-    ``await stop()`` lets requests in flight finish first."""
+class AsgiServer:
+    """``await start()`` binds ``host:port`` (0: any free port, then see ``port``) and serves
+    ``app``; ``await stop()`` gives requests in flight ``graceful_seconds`` to finish."""
 
-    def __init__(self, app: Starlette, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str,
+        port: int,
+        graceful_seconds: int = 30,
+        backlog: int = 2048,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self._graceful_seconds = graceful_seconds
+        self._backlog = backlog
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that name the protocol.
+        # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that name the protocol; without
+        # it Nagle holds back each response body until the client's delayed ACK (40 ms).
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
@@ -42,14 +54,15 @@ class SidecarServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=self._graceful_seconds,
+            backlog=self._backlog,
         )
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
                 await self._task
-                raise RuntimeError("the sidecar stopped while starting")
+                raise RuntimeError(f"the server on {self.host}:{self.port} stopped while starting")
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
