@@ -70,6 +70,7 @@ class Parts:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.service.aclose()
         await self.broker.aclose()
         self.engine.dispose()
 
@@ -176,6 +177,7 @@ async def running(
         urls=SidecarUrls(public_url=settings.sidecar_url),
         handler_timeout=settings.handler_timeout,
         clock=utc_now,
+        background_publishing=not isinstance(broker, InlineBroker),
     )
     holder["service"] = service
     parts = Parts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -148,6 +149,12 @@ class Broker(Protocol):
 
     async def publish(self, delivery: Delivery) -> str:
         """Hand over one delivery; return the broker's message id."""
+        ...
+
+    async def publish_batch(self, deliveries: Sequence[Delivery]) -> list[str]:
+        """Hand over several deliveries in one request, all or none; their message ids, in
+        order. An error means none was accepted (resending is harmless: each carries its
+        deduplication id)."""
         ...
 
     async def create_schedule(self, schedule: CronSchedule) -> str:

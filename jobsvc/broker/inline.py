@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from jobsvc.broker.delivery import CronSchedule, Delivery
@@ -45,10 +45,7 @@ class InlineBroker:
 
     async def publish(self, delivery: Delivery) -> str:
         if _waits(delivery):
-            raise BrokerUnsupported(
-                "the inline broker runs jobs at once and cannot delay them; "
-                "use the qstash or local broker for delays"
-            )
+            raise _cannot_wait()
         message_id = f"inline_{uuid.uuid4().hex}"
         for retried in range(delivery.retries + 1):
             headers = {
@@ -69,6 +66,12 @@ class InlineBroker:
             if status is None or 200 <= status < 300 or status == NON_RETRYABLE_STATUS:
                 break
         return message_id
+
+    async def publish_batch(self, deliveries: Sequence[Delivery]) -> list[str]:
+        """Each delivery in turn, as ``publish`` runs it; none runs if one would wait."""
+        if any(_waits(delivery) for delivery in deliveries):
+            raise _cannot_wait()
+        return [await self.publish(delivery) for delivery in deliveries]
 
     async def create_schedule(self, schedule: CronSchedule) -> str:
         raise _no_schedules()
@@ -96,6 +99,13 @@ def _waits(delivery: Delivery) -> bool:
     if delivery.delay is not None:
         return delivery.delay > timedelta(0)
     return delivery.not_before is not None and delivery.not_before > datetime.now(UTC)
+
+
+def _cannot_wait() -> BrokerUnsupported:
+    return BrokerUnsupported(
+        "the inline broker runs jobs at once and cannot delay them; "
+        "use the qstash or local broker for delays"
+    )
 
 
 def _no_schedules() -> BrokerUnsupported:

@@ -8,13 +8,13 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 import httpx
 from qstash import AsyncQStash
 from qstash.errors import DailyMessageLimitExceededError, QStashError, RateLimitExceededError
-from qstash.message import PublishResponse
+from qstash.message import BatchRequest, BatchResponse, PublishResponse
 
 from jobsvc.broker.delivery import CronSchedule, Delivery
 from jobsvc.broker.envelope import CONTENT_TYPE
@@ -93,6 +93,31 @@ class QStashBroker:
                 extra={"action": "publish_deduplicated", "job_id": str(delivery.job_id)},
             )
         return response.message_id
+
+    async def publish_batch(self, deliveries: Sequence[Delivery]) -> list[str]:
+        if not deliveries:
+            return []
+        async with self._call("batch publish"):
+            responses = await self._client.message.batch(
+                [_batch_request(delivery) for delivery in deliveries]
+            )
+        if len(responses) != len(deliveries):
+            raise BrokerUnavailable(
+                f"QStash answered a batch of {len(deliveries)} with {len(responses)} entries"
+            )
+        message_ids: list[str] = []
+        for delivery, response in zip(deliveries, responses, strict=True):
+            if not isinstance(response, BatchResponse):
+                raise BrokerRejected(f"QStash treated {delivery.url!r} as a URL group")
+            if response.deduplicated:
+                log.info(
+                    "publish of job %s deduplicated to %s",
+                    delivery.job_id,
+                    response.message_id,
+                    extra={"action": "publish_deduplicated", "job_id": str(delivery.job_id)},
+                )
+            message_ids.append(response.message_id)
+        return message_ids
 
     async def create_schedule(self, schedule: CronSchedule) -> str:
         async with self._call("create_schedule"):
@@ -175,6 +200,28 @@ class QStashBroker:
             raise BrokerUnavailable(
                 f"unexpected answer from {self.base_url} to {operation}: {exc!r}"
             ) from exc
+
+
+def _batch_request(delivery: Delivery) -> BatchRequest:
+    # The SDK serialises the batch as JSON: the body goes as text (an envelope is UTF-8 JSON).
+    request: BatchRequest = {
+        "url": delivery.url,
+        "body": delivery.body.decode(),
+        "content_type": CONTENT_TYPE,
+        "retries": delivery.retries,
+        "label": delivery.job_type.value,
+    }
+    if delivery.delay is not None:
+        request["delay"] = _whole_seconds(delivery.delay) or 0
+    if delivery.not_before is not None:
+        request["not_before"] = _unix_seconds(delivery.not_before) or 0
+    if delivery.deduplication_id is not None:
+        request["deduplication_id"] = delivery.deduplication_id
+    if delivery.timeout is not None:
+        request["timeout"] = _whole_seconds(delivery.timeout) or 1
+    if delivery.failure_callback is not None:
+        request["failure_callback"] = delivery.failure_callback
+    return request
 
 
 def _unknown_schedule(schedule_id: str) -> ScheduleNotFound:

@@ -219,6 +219,20 @@ class JobLog(Transitions):
         with storage_errors("mark the job published"), self._autocommit.connect() as connection:
             return connection.execute(outbox.MARK_PUBLISHED, parameters).rowcount == 1
 
+    def mark_published_many(self, published: Sequence[tuple[uuid.UUID, str]]) -> int:
+        """``mark_published`` for each (job id, message id) pair, in one transaction (one
+        round trip on PostgreSQL: the driver pipelines the statements); how many left the
+        outbox."""
+        if not published:
+            return 0
+        now = self._clock()
+        parameters = [
+            {"p_job_id": job_id, "p_now": now, "p_message_id": message_id}
+            for job_id, message_id in published
+        ]
+        with storage_errors("mark the jobs published"), self._engine.begin() as connection:
+            return connection.execute(outbox.MARK_PUBLISHED, parameters).rowcount
+
     def publish_failed(self, job_id: uuid.UUID, next_publish_at: datetime) -> bool:
         """Count a failed publish and retry at ``next_publish_at`` (the relay's backoff). False
         if the job no longer waits for publishing (published, cancelled)."""
@@ -229,3 +243,16 @@ class JobLog(Transitions):
         }
         with storage_errors("record the failed publish"), self._autocommit.connect() as connection:
             return connection.execute(outbox.PUBLISH_FAILED, parameters).rowcount == 1
+
+    def publish_failed_many(self, job_ids: Sequence[uuid.UUID], next_publish_at: datetime) -> int:
+        """``publish_failed`` for each of ``job_ids``, in one transaction; how many were
+        still waiting for publishing."""
+        if not job_ids:
+            return 0
+        now = self._clock()
+        parameters = [
+            {"p_job_id": job_id, "p_now": now, "p_next_publish_at": next_publish_at}
+            for job_id in job_ids
+        ]
+        with storage_errors("record the failed publishes"), self._engine.begin() as connection:
+            return connection.execute(outbox.PUBLISH_FAILED, parameters).rowcount

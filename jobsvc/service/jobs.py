@@ -27,6 +27,8 @@ from jobsvc.errors import (
 )
 from jobsvc.jobs import MAX_RETRIES, EnqueueOptions, Job, JobState, JobType, Schedule
 from jobsvc.payloads import Payload
+from jobsvc.service.inserts import GroupedInserts
+from jobsvc.service.publisher import Publisher
 
 log = logging.getLogger("jobsvc.service")
 
@@ -107,28 +109,53 @@ class JobService:
         handler_timeout: timedelta,
         clock: Callable[[], datetime],
         watch_interval: timedelta = timedelta(milliseconds=50),
+        background_publishing: bool = True,
     ) -> None:
+        """``background_publishing`` False publishes each job inside Enqueue (for the inline
+        broker, where publishing runs the job)."""
         self.job_log = job_log
         self.broker = broker
         self.urls = urls
         self.handler_timeout = handler_timeout
         self.clock = clock
         self.watch_interval = watch_interval
+        self.publisher: Publisher | None = (
+            Publisher(job_log=job_log, broker=broker, delivery=self.delivery, clock=clock)
+            if background_publishing
+            else None
+        )
+        self._grouped_inserts = GroupedInserts(
+            lambda jobs, at: job_log.insert_many(jobs, next_publish_at=at),
+            next_publish_at=lambda: self.clock() + OWN_PUBLISH_GRACE,
+        )
+
+    async def aclose(self) -> None:
+        """Hand what the publisher still holds to the broker (briefly), then stop it."""
+        if self.publisher is not None:
+            await self.publisher.aclose()
 
     # -- enqueueing -----------------------------------------------------------------------------
 
     async def enqueue(self, request: EnqueueRequest) -> tuple[Job, bool]:
         """Record the job, then hand it to the broker; the job and whether it was deduplicated.
 
-        ``InvalidArgument`` for bad options (nothing written). A broker that cannot be reached
+        ``InvalidArgument`` for bad options (nothing written). It returns once the job is
+        committed: the publisher hands it to the broker in the background (with the inline
+        broker, which runs the job itself, before returning). A broker that cannot be reached
         does not fail the call: the job stays in the outbox for the relay.
         """
         job = self._new_job(request, field_prefix="")
-        stored, deduplicated = await asyncio.to_thread(
-            self.job_log.insert, job, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
-        )
+        if job.deduplication_id is None:
+            stored, deduplicated = await self._grouped_inserts.insert(job), False
+        else:
+            stored, deduplicated = await asyncio.to_thread(
+                self.job_log.insert, job, next_publish_at=self.clock() + OWN_PUBLISH_GRACE
+            )
         if not deduplicated:
-            stored = await self._publish(stored)
+            if self.publisher is None:
+                stored = await self._publish(stored)
+            else:
+                self.publisher.submit([stored])
         return stored, deduplicated
 
     async def enqueue_batch(self, requests: Sequence[EnqueueRequest]) -> list[tuple[Job, bool]]:
@@ -167,7 +194,11 @@ class JobService:
                 continue
         else:
             raise AlreadyExists("the batch kept colliding with concurrent enqueues; try again")
-        published = iter(await asyncio.gather(*(self._publish(job) for job in stored)))
+        if self.publisher is None:
+            stored = [await self._publish(job) for job in stored]
+        else:
+            self.publisher.submit(stored)
+        published = iter(stored)
         answers: list[tuple[Job, bool]] = []
         for job in jobs:
             found = existing.get(job.deduplication_id) if job.deduplication_id else None

@@ -540,7 +540,9 @@ async def test_a_duplicate_delivery_runs_the_handler_once(stack: Stack) -> None:
     # at once and once more, and QStash's own delivery then comes as the fourth. (Had QStash's
     # come while the handler runs, see test_a_dead_lettered_duplicate_message_...)
     stack.script.sleeps["dup"] = [0.15]
-    job = (await stack.stub.Enqueue(crm("dup", delay=Duration(seconds=1000)))).job
+    enqueued = (await stack.stub.Enqueue(crm("dup", delay=Duration(seconds=1000)))).job
+    # Enqueue answers once the job is stored; its message id comes with the publish after.
+    job = await stack.until(enqueued.id, lambda j: j.qstash_message_id != "", "the publish")
     body = Envelope(
         job_type=JobType.CRM_MATCH,
         payload={"listingId": "dup", "agentId": "A1"},

@@ -74,7 +74,7 @@ async def service(
     job_log: JobLog, server: LocalQStashServer, receiver: Receiver
 ) -> AsyncIterator[JobService]:
     broker = QStashBroker(token=server.user.token, base_url=server.url)
-    yield JobService(
+    service = JobService(
         job_log=job_log,
         broker=broker,
         urls=SidecarUrls(public_url=receiver.url),
@@ -82,6 +82,8 @@ async def service(
         clock=utc_now,
         watch_interval=timedelta(milliseconds=20),
     )
+    yield service
+    await service.aclose()
     await broker.aclose()
 
 
@@ -222,7 +224,7 @@ def aware(timestamp: Timestamp) -> datetime:
 
 
 async def test_enqueue_contract_json_stores_publishes_and_reads_back(
-    stub: job_service_pb2_grpc.JobServiceStub, receiver: Receiver
+    stub: job_service_pb2_grpc.JobServiceStub, service: JobService, receiver: Receiver
 ) -> None:
     before = datetime.now(UTC)
     response = await stub.Enqueue(enqueue_request())
@@ -244,6 +246,8 @@ async def test_enqueue_contract_json_stores_publishes_and_reads_back(
     assert envelope["jobId"] == job.id
     assert envelope["payload"] == {"listingId": "L1", "platforms": ["zillow"]}
 
+    assert service.publisher is not None
+    await service.publisher.flush()  # the message id is recorded after the publish
     status = await stub.GetStatus(pb.GetStatusRequest(job_id=job.id))
     assert status.job.id == job.id
     assert status.job.state == jobs_pb2.JOB_STATE_PENDING

@@ -48,14 +48,26 @@ async def broker(server: LocalQStashServer) -> AsyncIterator[QStashBroker]:
     await broker.aclose()
 
 
+_made: list[JobService] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_services() -> AsyncIterator[None]:
+    yield
+    while _made:
+        await _made.pop().aclose()
+
+
 def _service(job_log: JobLog, broker: QStashBroker, receiver: Receiver) -> JobService:
-    return JobService(
+    service = JobService(
         job_log=job_log,
         broker=broker,
         urls=SidecarUrls(public_url=receiver.url),
         handler_timeout=timedelta(seconds=30),
         clock=utc_now,
     )
+    _made.append(service)
+    return service
 
 
 async def test_enqueue_stores_then_publishes(
@@ -67,11 +79,15 @@ async def test_enqueue_stores_then_publishes(
     )
     assert deduplicated is False
     assert job.state is JobState.PENDING
+    # Committed before Enqueue returned; the publisher hands it over in the background.
+    assert (await service.get(job.id)).state is JobState.PENDING
     [delivery] = await receiver.wait_for_async(1, path="/api/jobs/crm-match")
     assert delivery.signature_ok, delivery.signature_error
     envelope = json.loads(delivery.body)
     assert envelope["jobId"] == str(job.id)
     assert envelope["payload"] == {"listingId": "L1", "agentId": "A1"}
+    assert service.publisher is not None
+    await service.publisher.flush()
     stored = await service.get(job.id)
     assert stored.qstash_message_id == delivery.header("Upstash-Message-Id")
     assert stored.published_at is not None
@@ -126,12 +142,16 @@ async def test_broker_down_keeps_the_job_and_the_relay_publishes_it(
     down = QStashBroker(token=server.user.token, base_url=f"http://127.0.0.1:{_closed_port()}")
     up = QStashBroker(token=server.user.token, base_url=server.url)
     try:
-        job, _ = await _service(job_log, down, receiver).enqueue(
+        failing = _service(job_log, down, receiver)
+        job, _ = await failing.enqueue(
             EnqueueRequest(payload=CrmMatch(listing_id="L1", agent_id="A1"))
         )
+        assert failing.publisher is not None
+        await failing.publisher.flush()
         stored = job_log.get(job.id)
         assert stored.state is JobState.PENDING
         assert stored.published_at is None
+        assert stored.publish_attempts == 1  # counted, and due again after the first backoff
         assert receiver.deliveries() == []
 
         # The relay leaves Enqueue's own publish a grace period; a minute later it is due.
