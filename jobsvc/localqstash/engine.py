@@ -56,7 +56,7 @@ from jobsvc.localqstash.options import Options
 from jobsvc.localqstash.records import dlq_row, event_row, state_update
 from jobsvc.localqstash.settings import LocalQStashSettings
 from jobsvc.localqstash.signing import new_signing_key
-from jobsvc.localqstash.store import Insert, Op, Statement, Store
+from jobsvc.localqstash.store import Insert, Op, Replace, Statement, Store
 from jobsvc.localqstash.urlgroups import UrlGroups
 from jobsvc.localqstash.users import User
 
@@ -718,17 +718,12 @@ class Engine:
         self.store.submit(Statement(run))
 
 
-def _dedup_op(user_id: str, key: str, message_id: str, expires: int) -> Statement:
-    def run(conn: Connection) -> None:
-        table = tables.deduplication
-        conn.execute(delete(table).where(table.c.user_id == user_id, table.c.dedup_key == key))
-        conn.execute(
-            table.insert().values(
-                user_id=user_id, dedup_key=key, message_id=message_id, expires_at=expires
-            )
-        )
-
-    return Statement(run)
+def _dedup_op(user_id: str, key: str, message_id: str, expires: int) -> Replace:
+    return Replace(
+        tables.deduplication,
+        ("user_id", "dedup_key"),
+        {"user_id": user_id, "dedup_key": key, "message_id": message_id, "expires_at": expires},
+    )
 
 
 def queue_upsert_op(user_id: str, queue: QueueGate) -> Statement:

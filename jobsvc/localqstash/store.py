@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event
+from sqlalchemy import Connection, Delete, Engine, Table, bindparam, create_engine, delete, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -53,13 +54,23 @@ class Update:
 
 
 @dataclass
+class Replace:
+    """Insert ``row``, first deleting the row that has the same values in the ``key`` columns;
+    consecutive replaces in one table become one DELETE and one INSERT (each executemany)."""
+
+    table: Table
+    key: tuple[str, ...]
+    row: dict[str, Any]
+
+
+@dataclass
 class Statement:
     """Run any function on the connection inside the current transaction."""
 
     run: Callable[[Connection], object]
 
 
-Op = Insert | Update | Statement
+Op = Insert | Replace | Update | Statement
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 
@@ -166,16 +177,23 @@ class Store:
 
 
 def _execute(conn: Connection, ops: Sequence[Op]) -> None:
-    """Inserts first, then updates, then statements, each kind in order and batched by table.
+    """Inserts first, then replaces, updates and statements, each kind in order and batched by
+    table.
 
     Nothing the server writes depends on another kind coming first: an update only touches a row
-    inserted in the same or an earlier batch, and statements touch other tables."""
+    inserted in the same or an earlier batch, and replaces and statements touch other tables."""
     inserts: dict[Table, list[dict[str, Any]]] = {}
+    replaces: dict[tuple[Table, tuple[str, ...]], dict[tuple[Any, ...], dict[str, Any]]] = {}
     updates: dict[tuple[Table, str, tuple[str, ...]], list[dict[str, Any]]] = {}
     statements: list[Statement] = []
     for op in ops:
         if isinstance(op, Insert):
             inserts.setdefault(op.table, []).append(op.row)
+        elif isinstance(op, Replace):
+            latest = replaces.setdefault((op.table, op.key), {})
+            key_values = tuple(op.row[column] for column in op.key)
+            latest.pop(key_values, None)  # the last one of a key wins, in its place
+            latest[key_values] = op.row
         elif isinstance(op, Update):
             shape = (op.table, op.key, tuple(sorted(op.values)))
             updates.setdefault(shape, []).append({"_key": op.key_value, **op.values})
@@ -183,6 +201,16 @@ def _execute(conn: Connection, ops: Sequence[Op]) -> None:
             statements.append(op)
     bulk = conn.dialect.name == "postgresql"
     for table, rows in inserts.items():
+        if bulk and len(rows) > 1:
+            bulk_insert(conn, table, rows)
+        else:
+            conn.execute(table.insert(), rows)
+    for (table, key_columns), latest in replaces.items():
+        rows = list(latest.values())
+        conn.execute(
+            _delete_by_key(table, key_columns),
+            [{f"_key_{column}": row[column] for column in key_columns} for row in rows],
+        )
         if bulk and len(rows) > 1:
             bulk_insert(conn, table, rows)
         else:
@@ -199,6 +227,13 @@ def _execute(conn: Connection, ops: Sequence[Op]) -> None:
         conn.execute(stmt, rows)
     for statement in statements:
         statement.run(conn)
+
+
+@functools.cache
+def _delete_by_key(table: Table, key_columns: tuple[str, ...]) -> Delete:
+    return delete(table).where(
+        *(table.c[column] == bindparam(f"_key_{column}") for column in key_columns)
+    )
 
 
 def _resolve(batch: Sequence[tuple[Op, _Waiter | None]], error: Exception | None) -> None:

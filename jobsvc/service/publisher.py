@@ -27,7 +27,7 @@ from jobsvc.jobs import Job
 log = logging.getLogger("jobsvc.publisher")
 
 BATCH_SIZE = 100
-SENDERS = 2
+SENDERS = 1
 RETRY_AFTER_FAILURE = timedelta(seconds=1)
 
 
