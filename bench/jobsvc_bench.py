@@ -897,14 +897,14 @@ def main() -> None:
     parser.add_argument("--enqueue-seconds", type=float, metavar="S", default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batch-clients", type=int, default=4)
-    parser.add_argument("--batch-seconds", type=float, metavar="S", default=5)
+    parser.add_argument("--batch-seconds", type=float, metavar="S", default=3)
     parser.add_argument("--e2e-clients", type=int, default=16)
     parser.add_argument("--e2e-seconds", type=float, metavar="S", default=10)
     parser.add_argument(
         "--drain-timeout",
         type=float,
         metavar="S",
-        default=40,
+        default=180,
         help="longest wait for the backlog after a phase",
     )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles to this directory")

@@ -133,13 +133,20 @@ def _required_fields(cls: type) -> frozenset[str]:
     )
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_SEQUENCES = (tuple, list)
+
+
 def _to_wire(value: Any) -> Any:
-    if isinstance(value, tuple | list):
+    # Plain values first: they are most of a payload, and this runs for every job enqueued.
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, _SEQUENCES):
         return [_to_wire(item) for item in value]
     if isinstance(value, Mapping):
         return {key: _to_wire(item) for key, item in value.items()}
-    if isinstance(value, StrEnum):
-        return value.value
     return value
 
 

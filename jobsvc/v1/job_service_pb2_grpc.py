@@ -127,10 +127,11 @@ class JobServiceServicer:
     """
 
     def Enqueue(self, request, context):
-        """Creates one job and hands it to QStash. The job is committed to the job log first, so it runs
-        even if QStash is unreachable at that moment (it is published when QStash is back). With a
-        deduplication_id the call is idempotent. Errors: INVALID_ARGUMENT for a missing or invalid
-        payload or option.
+        """Creates one job and hands it to QStash. The call returns once the job is committed to the job
+        log, so it runs even if QStash is unreachable at that moment (it is published when QStash is
+        back); the publish follows right after, and the job's qstash_message_id shows in GetStatus
+        from then on (it is empty in this answer). With a deduplication_id the call is idempotent.
+        Errors: INVALID_ARGUMENT for a missing or invalid payload or option.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

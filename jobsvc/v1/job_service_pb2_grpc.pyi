@@ -45,10 +45,11 @@ class JobServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     Enqueue: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.EnqueueRequest, _job_service_pb2.EnqueueResponse]
-    """Creates one job and hands it to QStash. The job is committed to the job log first, so it runs
-    even if QStash is unreachable at that moment (it is published when QStash is back). With a
-    deduplication_id the call is idempotent. Errors: INVALID_ARGUMENT for a missing or invalid
-    payload or option.
+    """Creates one job and hands it to QStash. The call returns once the job is committed to the job
+    log, so it runs even if QStash is unreachable at that moment (it is published when QStash is
+    back); the publish follows right after, and the job's qstash_message_id shows in GetStatus
+    from then on (it is empty in this answer). With a deduplication_id the call is idempotent.
+    Errors: INVALID_ARGUMENT for a missing or invalid payload or option.
     """
     EnqueueBatch: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.EnqueueBatchRequest, _job_service_pb2.EnqueueBatchResponse]
     """Creates up to 1,000 jobs in one call, all or none: if any request is invalid, the call fails
@@ -128,10 +129,11 @@ class JobServiceAsyncStub(JobServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Enqueue: _aio.UnaryUnaryMultiCallable[_job_service_pb2.EnqueueRequest, _job_service_pb2.EnqueueResponse]  # type: ignore[assignment]
-    """Creates one job and hands it to QStash. The job is committed to the job log first, so it runs
-    even if QStash is unreachable at that moment (it is published when QStash is back). With a
-    deduplication_id the call is idempotent. Errors: INVALID_ARGUMENT for a missing or invalid
-    payload or option.
+    """Creates one job and hands it to QStash. The call returns once the job is committed to the job
+    log, so it runs even if QStash is unreachable at that moment (it is published when QStash is
+    back); the publish follows right after, and the job's qstash_message_id shows in GetStatus
+    from then on (it is empty in this answer). With a deduplication_id the call is idempotent.
+    Errors: INVALID_ARGUMENT for a missing or invalid payload or option.
     """
     EnqueueBatch: _aio.UnaryUnaryMultiCallable[_job_service_pb2.EnqueueBatchRequest, _job_service_pb2.EnqueueBatchResponse]  # type: ignore[assignment]
     """Creates up to 1,000 jobs in one call, all or none: if any request is invalid, the call fails
@@ -214,10 +216,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.EnqueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.EnqueueResponse, _abc.Awaitable[_job_service_pb2.EnqueueResponse]]:
-        """Creates one job and hands it to QStash. The job is committed to the job log first, so it runs
-        even if QStash is unreachable at that moment (it is published when QStash is back). With a
-        deduplication_id the call is idempotent. Errors: INVALID_ARGUMENT for a missing or invalid
-        payload or option.
+        """Creates one job and hands it to QStash. The call returns once the job is committed to the job
+        log, so it runs even if QStash is unreachable at that moment (it is published when QStash is
+        back); the publish follows right after, and the job's qstash_message_id shows in GetStatus
+        from then on (it is empty in this answer). With a deduplication_id the call is idempotent.
+        Errors: INVALID_ARGUMENT for a missing or invalid payload or option.
         """
 
     @_abc_1.abstractmethod
