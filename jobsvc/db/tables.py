@@ -116,6 +116,8 @@ job_logs = Table(
 )
 Index(None, job_logs.c.state, job_logs.c.created_at)
 Index(None, job_logs.c.job_type, job_logs.c.created_at)
+# The jobs a cron schedule started, newest first (ListJobs by schedule_id).
+Index(None, job_logs.c.schedule_id, job_logs.c.created_at)
 # Unfiltered listing pages through (created_at, id).
 Index(None, job_logs.c.created_at, job_logs.c.id)
 _UNPUBLISHED: Any = job_logs.c.published_at.is_(None)

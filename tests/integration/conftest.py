@@ -1,4 +1,5 @@
-"""Fixtures that run the local QStash server on a real port, on SQLite and on PostgreSQL."""
+"""Fixtures that run the local QStash server on a real port, on SQLite and on PostgreSQL, and
+open the job log on a migrated database."""
 
 from __future__ import annotations
 
@@ -9,11 +10,27 @@ from typing import Any
 import httpx
 import pytest
 from qstash import AsyncQStash, QStash
+from sqlalchemy import Engine
 
+from jobsvc.db import JobLog, create_database_engine, upgrade
 from jobsvc.localqstash import LocalQStashServer, LocalQStashSettings, serve_in_thread
 from tests.receiver import Receiver, ReceiverFactory
 
 ServerFactory = Callable[..., LocalQStashServer]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """The job log's engine on a fresh database, migrated to the newest revision."""
+    engine = create_database_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def job_log(engine: Engine) -> JobLog:
+    return JobLog(engine)
 
 
 @pytest.fixture

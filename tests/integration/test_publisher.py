@@ -8,15 +8,14 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
 
 from jobsvc.broker import Delivery, QStashBroker, SidecarUrls
-from jobsvc.db import JobLog, create_database_engine, upgrade, utc_now
+from jobsvc.db import JobLog, utc_now
 from jobsvc.errors import AlreadyExists
 from jobsvc.jobs import Job, JobState, JobType
 from jobsvc.localqstash import LocalQStashServer
@@ -37,19 +36,6 @@ class CountingBroker(QStashBroker):
     async def publish_batch(self, deliveries: Sequence[Delivery]) -> list[str]:
         self.batches.append(len(deliveries))
         return await super().publish_batch(deliveries)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def job_log(engine: Engine) -> JobLog:
-    return JobLog(engine)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,10 +34,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from qstash import QStash
-from sqlalchemy import Engine
 
 from jobsvc.broker import QStashBroker, SidecarUrls
-from jobsvc.db import JobLog, create_database_engine, upgrade, utc_now
+from jobsvc.db import JobLog, utc_now
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.rpc import JobServer, build_server, serve
 from jobsvc.rpc.errors import unary
@@ -54,19 +53,6 @@ transport_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=Tr
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def job_log(engine: Engine) -> JobLog:
-    return JobLog(engine)
 
 
 @pytest.fixture

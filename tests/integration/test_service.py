@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 
 from jobsvc.broker import QStashBroker, SidecarUrls
-from jobsvc.db import JobLog, create_database_engine, upgrade, utc_now
+from jobsvc.db import JobLog, utc_now
 from jobsvc.errors import InvalidArgument, InvalidState
 from jobsvc.jobs import EnqueueOptions, JobState, JobType
 from jobsvc.localqstash import LocalQStashServer
@@ -20,19 +20,6 @@ from jobsvc.payloads import CrmMatch, SyndicateListing
 from jobsvc.service.jobs import EnqueueRequest, JobService
 from jobsvc.service.relay import Relay
 from tests.receiver import Receiver
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def job_log(engine: Engine) -> JobLog:
-    return JobLog(engine)
 
 
 def _closed_port() -> int:
