@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from jobsvc.adapters.configured import ConfiguredAdapters, configured_adapters
 from jobsvc.asgi_server import AsgiServer
 from jobsvc.broker import (
     Broker,
@@ -26,7 +27,8 @@ from jobsvc.broker import (
 )
 from jobsvc.db import JobLog, create_database_engine, current_revision, head_revision, upgrade
 from jobsvc.db.clock import utc_now
-from jobsvc.handlers import HandlerRegistry, default_registry
+from jobsvc.handlers import HandlerPorts, HandlerRegistry, default_registry
+from jobsvc.handlers.notifier import Notifier, notification_check
 from jobsvc.jobs import EnqueueOptions, JobType
 from jobsvc.localqstash.users import DEV_USERS
 from jobsvc.payloads import parse_payload
@@ -35,6 +37,7 @@ from jobsvc.service.deliveries import Deliveries
 from jobsvc.service.jobs import EnqueueRequest, JobService
 from jobsvc.service.relay import Relay
 from jobsvc.settings import BrokerKind, Settings
+from jobsvc.templates import default_catalog
 from jobsvc.webhooks import SignatureVerifier, build_app, status_code
 
 log = logging.getLogger("jobsvc")
@@ -59,6 +62,7 @@ class Parts:
     rpc: JobServer | None = None
     rpc_port: int | None = None
     sidecar: AsgiServer | None = None
+    adapters: ConfiguredAdapters | None = None
     local_qstash_url: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -72,6 +76,8 @@ class Parts:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.service.aclose()
         await self.broker.aclose()
+        if self.adapters is not None:
+            await self.adapters.aclose()
         self.engine.dispose()
 
 
@@ -141,9 +147,24 @@ async def running(
         job, _ = await holder["service"].enqueue(request)
         return job.id
 
+    adapters: ConfiguredAdapters | None = None
+    if registry is None:
+        adapters = configured_adapters(settings.adapters)
+        registry = default_registry(
+            HandlerPorts(
+                listings=adapters.listings,
+                applications=adapters.applications,
+                crm=adapters.crm,
+                platforms=adapters.platforms,
+                notifier=Notifier(
+                    templates=default_catalog(), email=adapters.email, sms=adapters.sms
+                ),
+                reminder_interval=settings.reminder_interval,
+            )
+        )
     deliveries = Deliveries(
         job_log=job_log,
-        registry=registry or default_registry(),
+        registry=registry,
         handler_timeout=settings.handler_timeout,
         follow_up=follow_up,
     )
@@ -170,6 +191,8 @@ async def running(
         )
     except BaseException:
         engine.dispose()
+        if adapters is not None:
+            await adapters.aclose()
         raise
     service = JobService(
         job_log=job_log,
@@ -178,6 +201,7 @@ async def running(
         handler_timeout=settings.handler_timeout,
         clock=utc_now,
         background_publishing=not isinstance(broker, InlineBroker),
+        payload_check=notification_check(default_catalog()),
     )
     holder["service"] = service
     parts = Parts(
@@ -187,6 +211,7 @@ async def running(
         broker=broker,
         service=service,
         deliveries=deliveries,
+        adapters=adapters,
     )
     if isinstance(broker, LocalQStashBroker):
         parts.local_qstash_url = broker.server.url

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
+from jobsvc.adapters.settings import AdapterSettings
 from jobsvc.localqstash.settings import LocalQStashSettings
 
 
@@ -45,7 +46,10 @@ class Settings:
     tls_key_file: str | None = None
     handler_timeout: timedelta = timedelta(seconds=60)
     relay_interval: timedelta = timedelta(seconds=1)
+    # The time between two steps of a document-reminder sequence.
+    reminder_interval: timedelta = timedelta(days=2)
     local_qstash: LocalQStashSettings = field(default_factory=LocalQStashSettings)
+    adapters: AdapterSettings = field(default_factory=AdapterSettings)
 
     @property
     def sidecar_url(self) -> str:
@@ -101,7 +105,13 @@ class Settings:
             relay_interval=timedelta(
                 seconds=number("JOBSVC_RELAY_INTERVAL_SECONDS", cls.relay_interval.total_seconds())
             ),
+            reminder_interval=timedelta(
+                seconds=number(
+                    "JOBSVC_REMINDER_INTERVAL_SECONDS", cls.reminder_interval.total_seconds()
+                )
+            ),
             local_qstash=LocalQStashSettings.from_env(env),
+            adapters=AdapterSettings.from_env(env),
         )
         settings.validate()
         return settings
@@ -132,3 +142,5 @@ class Settings:
             raise ValueError("JOBSVC_HANDLER_TIMEOUT_SECONDS must be positive")
         if self.relay_interval <= timedelta(0):
             raise ValueError("JOBSVC_RELAY_INTERVAL_SECONDS must be positive")
+        if self.reminder_interval <= timedelta(0):
+            raise ValueError("JOBSVC_REMINDER_INTERVAL_SECONDS must be positive")

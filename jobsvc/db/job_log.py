@@ -27,6 +27,7 @@ from jobsvc.db.clock import Clock, utc_now
 from jobsvc.db.driver_errors import storage_errors
 from jobsvc.db.engine import dialect_insert
 from jobsvc.db.history import insert_history, jobs_of, load_jobs, with_attempts, with_histories
+from jobsvc.db.progress import ProgressLog
 from jobsvc.db.rows import attempt_values, job_values
 from jobsvc.db.schedules import Schedules
 from jobsvc.db.tables import job_attempts, job_logs
@@ -44,7 +45,8 @@ class JobLog(Transitions):
     """Reads and writes jobs; returns ``jobsvc.jobs`` objects, raises ``jobsvc.errors``.
 
     Inserts, reads and the outbox are here; the guarded state transitions are in
-    :class:`~jobsvc.db.transitions.Transitions`; ``schedules`` holds the recurring jobs.
+    :class:`~jobsvc.db.transitions.Transitions`; ``schedules`` holds the recurring jobs and
+    ``progress`` the notes handlers leave for a job's later attempts.
     ``clock`` gives "now" for every time the log records (tests pass their own).
     """
 
@@ -60,6 +62,7 @@ class JobLog(Transitions):
             .returning(job_logs.c.id)
         )
         self.schedules = Schedules(engine, clock=clock)
+        self.progress = ProgressLog(engine, clock=clock)
 
     # -- writing jobs ----------------------------------------------------------------------
 

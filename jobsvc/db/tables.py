@@ -161,3 +161,15 @@ job_schedules = Table(
     Column("last_run_at", UtcDateTime),
     CheckConstraint(f"retries BETWEEN 0 AND {MAX_RETRIES}", name="retries"),
 )
+
+# What a job's attempts already did (a platform published to, an email sent), by key, so a
+# retried attempt does not do it again. Written as each step succeeds, read by later attempts.
+job_progress = Table(
+    "job_progress",
+    metadata,
+    Column("job_id", Uuid, ForeignKey(job_logs.c.id, ondelete="CASCADE"), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("value", Json, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("job_id", "key"),
+)

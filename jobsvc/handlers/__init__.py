@@ -3,7 +3,9 @@ handler runs with, the exceptions and results by which it steers its job's fate,
 that turns one attempt into an ``Outcome``.
 
 Handlers never import the service, RPC, webhook or database layers; what they need from the
-outside reaches them through ports (``HandlerContext.enqueue`` for follow-up jobs).
+outside reaches them through ports: ``HandlerContext.enqueue`` for follow-up jobs,
+``HandlerContext.progress`` for what earlier attempts did, and ``jobsvc.ports`` (``HandlerPorts``)
+for the systems around the service.
 """
 
 from jobsvc.handlers.context import FollowUp, HandlerContext, JobLogger, job_logger
@@ -15,7 +17,13 @@ from jobsvc.handlers.outcomes import (
     PermanentFailure,
     RetryLater,
 )
-from jobsvc.handlers.registry import Handler, HandlerRegistry, Registration, default_registry
+from jobsvc.handlers.registry import (
+    Handler,
+    HandlerPorts,
+    HandlerRegistry,
+    Registration,
+    default_registry,
+)
 from jobsvc.handlers.runner import run
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "FollowUp",
     "Handler",
     "HandlerContext",
+    "HandlerPorts",
     "HandlerRegistry",
     "HandlerResult",
     "JobLogger",

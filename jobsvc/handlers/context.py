@@ -1,5 +1,6 @@
 """What a handler gets besides its payload: which job and attempt this is, a logger bound to
-the job, and a port to enqueue follow-up jobs without knowing the service layer."""
+the job, a port to enqueue follow-up jobs without knowing the service layer, and the job's
+progress notes (what earlier attempts already did)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from jobsvc.jobs import JobType
+from jobsvc.ports.progress import Progress
 
 HANDLER_LOGGER = "jobsvc.handlers"
 
@@ -66,6 +68,7 @@ class HandlerContext:
     """One attempt of one job, as its handler sees it.
 
     ``attempt`` counts from 1; a job with ``max_retries`` = 3 gets at most 4 attempts.
+    ``progress`` keeps what this job's attempts did, for an attempt that follows a failed one.
     """
 
     job_id: uuid.UUID
@@ -74,6 +77,7 @@ class HandlerContext:
     max_retries: int
     logger: JobLogger
     enqueue: FollowUp
+    progress: Progress
 
     def __post_init__(self) -> None:
         if self.attempt < 1:

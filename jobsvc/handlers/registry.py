@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from jobsvc.handlers import crm, notifications, reminders, syndication
 from jobsvc.handlers.context import HandlerContext
+from jobsvc.handlers.notifier import Notifier
 from jobsvc.handlers.outcomes import HandlerResult
 from jobsvc.jobs import JobType
-from jobsvc.payloads import CrmMatch, Payload, SendNotification, SendReminder, SyndicateListing
+from jobsvc.payloads import (
+    CrmMatch,
+    Payload,
+    Platform,
+    SendNotification,
+    SendReminder,
+    SyndicateListing,
+)
+from jobsvc.ports import ApplicationService, Crm, ListingService, SyndicationPlatform
 
 P = TypeVar("P", bound=Payload)
 
@@ -55,11 +65,41 @@ class HandlerRegistry:
         return len(self._registrations)
 
 
-def default_registry() -> HandlerRegistry:
-    """A registry serving the four ADR-022 job types with their handlers."""
+@dataclass(frozen=True, kw_only=True)
+class HandlerPorts:
+    """What the four ADR-022 handlers need from outside: the listing and application services,
+    the CRM, one adapter per syndication platform, and the notifier (templates, email, SMS).
+    ``reminder_interval`` is the time between two steps of a reminder sequence."""
+
+    listings: ListingService
+    applications: ApplicationService
+    crm: Crm
+    platforms: Mapping[Platform, SyndicationPlatform]
+    notifier: Notifier
+    reminder_interval: timedelta = reminders.DEFAULT_INTERVAL
+
+
+def default_registry(ports: HandlerPorts) -> HandlerRegistry:
+    """A registry serving the four ADR-022 job types with their handlers, on ``ports``."""
+    missing = [p.value for p in Platform if p not in ports.platforms]
+    if missing:
+        raise ValueError(f"no adapter for the platforms {', '.join(missing)}")
     registry = HandlerRegistry()
-    registry.register(SyndicateListing, syndication.handle)
-    registry.register(SendReminder, reminders.handle)
-    registry.register(CrmMatch, crm.handle)
-    registry.register(SendNotification, notifications.handle)
+    registry.register(
+        SyndicateListing,
+        syndication.Syndication(listings=ports.listings, platforms=ports.platforms),
+    )
+    registry.register(
+        SendReminder,
+        reminders.Reminders(
+            applications=ports.applications,
+            notifier=ports.notifier,
+            interval=ports.reminder_interval,
+        ),
+    )
+    registry.register(CrmMatch, crm.CrmMatching(listings=ports.listings, crm=ports.crm))
+    registry.register(
+        SendNotification,
+        notifications.Notifications(applications=ports.applications, notifier=ports.notifier),
+    )
     return registry

@@ -38,6 +38,7 @@ from jobsvc.service.delivery_results import (
     InvalidFailureCallback,
     ResultKind,
 )
+from jobsvc.service.progress import JobProgress
 
 __all__ = [
     "DEFAULT_LEASE_MARGIN",
@@ -177,6 +178,7 @@ class Deliveries:
             max_retries=job.max_retries,
             logger=job_logger(job_id=job.id, job_type=job.type, attempt=job.attempts),
             enqueue=self._follow_up,
+            progress=JobProgress(self._job_log.progress, job.id),
         )
         timeout = job.timeout or envelope.timeout or self._timeout
         outcome = await run(self._registry, job.type, job.payload, ctx, timeout)

@@ -110,15 +110,19 @@ class JobService:
         clock: Callable[[], datetime],
         watch_interval: timedelta = timedelta(milliseconds=50),
         background_publishing: bool = True,
+        payload_check: Callable[[Payload], Sequence[FieldViolation]] | None = None,
     ) -> None:
         """``background_publishing`` False publishes each job inside Enqueue (for the inline
-        broker, where publishing runs the job)."""
+        broker, where publishing runs the job). ``payload_check`` looks further at a payload
+        than its own validation can (a notification's template and its fields); the fields
+        it names are relative to the request."""
         self.job_log = job_log
         self.broker = broker
         self.urls = urls
         self.handler_timeout = handler_timeout
         self.clock = clock
         self.watch_interval = watch_interval
+        self.payload_check = payload_check
         self.publisher: Publisher | None = (
             Publisher(job_log=job_log, broker=broker, delivery=self.delivery, clock=clock)
             if background_publishing
@@ -241,6 +245,11 @@ class JobService:
             violations.append(
                 FieldViolation(f"{field_prefix}deduplication_id", "must be 1 to 128 characters")
             )
+        if self.payload_check is not None:
+            violations += [
+                FieldViolation(f"{field_prefix}{v.field}", v.description)
+                for v in self.payload_check(request.payload)
+            ]
         if violations:
             raise InvalidArgument(violations)
         payload = request.payload
@@ -409,6 +418,8 @@ class JobService:
     ) -> Schedule:
         """Create a recurring job, or replace the schedule with ``schedule_id``. The broker
         takes it first: if it cannot, nothing is recorded (``BrokerUnavailable``)."""
+        if self.payload_check is not None and (violations := list(self.payload_check(payload))):
+            raise InvalidArgument(violations)
         schedule_id = schedule_id or f"sched_{uuid.uuid4().hex}"
         now = self.clock()
         envelope = Envelope(

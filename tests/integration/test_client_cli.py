@@ -40,9 +40,7 @@ from jobsvc.handlers import (
     HandlerContext,
     HandlerRegistry,
     PermanentFailure,
-    notifications,
-    reminders,
-    syndication,
+    default_registry,
 )
 from jobsvc.jobs import EnqueueOptions, Job, JobState, JobType, Schedule
 from jobsvc.localqstash import LocalQStashSettings
@@ -52,11 +50,11 @@ from jobsvc.payloads import (
     ReminderType,
     SendNotification,
     SendReminder,
-    SyndicateListing,
 )
 from jobsvc.rpc import AsyncJobClient, EnqueueResult, JobClient, ServiceUnavailable
 from jobsvc.runtime import Parts, running
 from jobsvc.settings import Settings
+from tests.handler_ports import dev_ports
 from tests.polling import poll
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -71,8 +69,9 @@ T = TypeVar("T")
 class Agents:
     """The crm-match handler of these tests: agents in ``refusing`` refuse their match."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Path) -> None:
         self.refusing: set[str] = set()
+        self.outbox = outbox
 
     async def match(self, payload: CrmMatch, ctx: HandlerContext) -> dict[str, Any]:
         if payload.agent_id in self.refusing:
@@ -80,11 +79,19 @@ class Agents:
         return {"listingId": payload.listing_id, "agentId": payload.agent_id, "matched": True}
 
     def registry(self) -> HandlerRegistry:
+        """This crm-match handler; the default handlers, on development adapters, for the
+        other job types."""
+        defaults = default_registry(dev_ports(self.outbox))
         registry = HandlerRegistry()
         registry.register(CrmMatch, self.match)
-        registry.register(SendReminder, reminders.handle)
-        registry.register(SendNotification, notifications.handle)
-        registry.register(SyndicateListing, syndication.handle)
+        for job_type in (
+            JobType.SEND_REMINDER,
+            JobType.SEND_NOTIFICATION,
+            JobType.SYNDICATE_LISTING,
+        ):
+            registration = defaults.get(job_type)
+            assert registration is not None
+            registry.register(registration.payload_type, registration.handler)
         return registry
 
 
@@ -146,8 +153,8 @@ def serving(settings: Settings, registry: HandlerRegistry) -> Iterator[Service]:
 
 
 @pytest.fixture
-def agents() -> Agents:
-    return Agents()
+def agents(tmp_path: Path) -> Agents:
+    return Agents(tmp_path / "outbox")
 
 
 MakeService = Callable[..., Service]
@@ -282,8 +289,8 @@ def test_batch_and_listing(client: JobClient) -> None:
         return SendNotification(
             type=NotificationType.CONFIRMATION,
             recipient_id=recipient,
-            template_id="welcome",
-            template_data={"name": recipient, "count": 3},
+            template_id="application_received",
+            template_data={"listing_address": "1 Main St", "application_id": f"APP-{recipient}"},
         )
 
     later = EnqueueOptions(delay=timedelta(days=1), deduplication_id="note-U4", retries=1)
@@ -292,7 +299,10 @@ def test_batch_and_listing(client: JobClient) -> None:
     )
     assert [r.deduplicated for r in results] == [False] * 5
     assert [r.job.payload["recipientId"] for r in results] == ["U0", "U1", "U2", "U3", "U4"]
-    assert results[0].job.payload["templateData"] == {"name": "U0", "count": 3}
+    assert results[0].job.payload["templateData"] == {
+        "listing_address": "1 Main St",
+        "application_id": "APP-U0",
+    }
     assert results[4].job.deduplication_id == "note-U4"
     assert results[4].job.max_retries == 1
     assert results[4].job.not_before is not None
@@ -724,8 +734,11 @@ def test_cli_operates_the_service(
     note = {
         "type": "confirmation",
         "recipientId": "U1",
-        "templateId": "welcome",
-        "templateData": {"name": "Ada"},
+        "templateId": "viewing_confirmation",
+        "templateData": {
+            "listing_address": "1 Main St",
+            "viewing_time": "2026-12-01T10:00:00-05:00",
+        },
     }
     one_off = json.loads(
         jobsvc("schedule", "create", "send-notification", json.dumps(note), "--in", "5s", "--json")

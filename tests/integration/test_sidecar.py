@@ -16,8 +16,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ import uvicorn
 from qstash import QStash
 
 from jobsvc.broker import CronSchedule, Delivery, Envelope, QStashBroker, SidecarUrls
-from jobsvc.db import JobLog, create_database_engine, upgrade
+from jobsvc.db import JobLog, create_database_engine
 from jobsvc.handlers import (
     HandlerContext,
     HandlerRegistry,
@@ -33,13 +35,13 @@ from jobsvc.handlers import (
     RetryLater,
     default_registry,
 )
-from jobsvc.handlers.crm import NOTE
 from jobsvc.jobs import DEFAULT_RETRIES, Job, JobState, JobType, Schedule
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.localqstash.signing import new_signing_key, sign
 from jobsvc.payloads import CrmMatch
 from jobsvc.service.deliveries import Deliveries, firing_job_id
 from jobsvc.webhooks import SignatureVerifier, build_app
+from tests.handler_ports import dev_ports
 
 CRM = JobType.CRM_MATCH
 CRM_PATH = "/api/jobs/crm-match"
@@ -198,15 +200,7 @@ SidecarFactory = Callable[..., Sidecar]
 
 
 @pytest.fixture
-def job_log(database_url: str) -> Iterator[JobLog]:
-    engine = create_database_engine(database_url)
-    upgrade(engine)
-    yield JobLog(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def make_sidecar(job_log: JobLog) -> Iterator[SidecarFactory]:
+def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
     with contextlib.ExitStack() as stack:
         http = stack.enter_context(httpx.Client(timeout=10))
 
@@ -221,7 +215,7 @@ def make_sidecar(job_log: JobLog) -> Iterator[SidecarFactory]:
             keys = keys or (new_signing_key(), new_signing_key())
             deliveries = Deliveries(
                 job_log=log,
-                registry=registry or default_registry(),
+                registry=registry or default_registry(dev_ports(tmp_path / "outbox")),
                 handler_timeout=handler_timeout,
                 follow_up=FollowUps(),
             )
@@ -311,7 +305,14 @@ async def test_a_published_job_runs_once_and_completes(
 
     assert done.state is JobState.COMPLETED
     assert done.attempts == 1
-    assert done.result == {"status": "accepted", "note": NOTE, "payload": PAYLOAD}
+    assert done.result == {
+        "listingId": "L1",
+        "agentId": "A1",
+        "matches": [
+            {"contactId": "A1-contact-1", "name": ANY, "score": 0.9},
+            {"contactId": "A1-contact-2", "name": ANY, "score": 0.7},
+        ],
+    }
     assert done.error is None
     assert done.qstash_message_id == message_id
     [attempt] = done.history
