@@ -5,7 +5,11 @@
 #     --health-cmd "jobsvc health --http http://127.0.0.1:8000/readyz" jobsvc sidecar
 # Run `jobsvc migrate` once per release before starting them (same image, same env file).
 # jobsvc.env: JOBSVC_DATABASE_URL=postgresql://…, JOBSVC_BROKER=qstash, QSTASH_TOKEN,
-# QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY, JOBSVC_PUBLIC_URL=https://<sidecar host>.
+# QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY, JOBSVC_PUBLIC_URL=https://<sidecar host>,
+# and for the sidecar's handlers the systems they reach (JOBSVC_LISTING_SERVICE_URL,
+# JOBSVC_APPLICATION_SERVICE_URL, JOBSVC_CRM_URL, JOBSVC_PLATFORM_<NAME>_URL, JOBSVC_SMTP_*,
+# JOBSVC_SMS_GATEWAY_URL; see the README). One left out is played by a development adapter that
+# writes to /data/jobsvc-outbox.
 
 FROM python:3.11-slim AS build
 WORKDIR /src

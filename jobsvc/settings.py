@@ -13,6 +13,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from jobsvc.adapters.settings import AdapterSettings
+from jobsvc.environment import Environment
 from jobsvc.localqstash.settings import LocalQStashSettings
 
 
@@ -60,19 +61,8 @@ class Settings:
         """Read ``JOBSVC_*`` and the QStash SDK's own ``QSTASH_*`` variables; ``ValueError``
         names the variable that cannot be used."""
         env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else None
-
-        def number(name: str, default: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, not {raw!r}") from None
+        reader = Environment(env)
+        get, number = reader.text, reader.number
 
         broker_name = get("JOBSVC_BROKER") or BrokerKind.LOCAL.value
         try:

@@ -4,11 +4,11 @@ would have been sent to ``outbox_dir``."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobsvc.environment import Environment
 from jobsvc.payloads import Platform
 
 DEFAULT_OUTBOX_DIR = "jobsvc-outbox"
@@ -56,33 +56,8 @@ class AdapterSettings:
         (``LISTING_SERVICE``, ``APPLICATION_SERVICE``, ``CRM``, ``SMS_GATEWAY``,
         ``PLATFORM_<NAME>``), ``JOBSVC_SMTP_*``, ``JOBSVC_EMAIL_FROM``, ``JOBSVC_SMS_FROM``,
         ``JOBSVC_OUTBOX_DIR``. ``ValueError`` names the variable that cannot be used."""
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else None
-
-        def number(name: str, default: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, not {raw!r}") from None
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, not {raw!r}")
-            return value
-
-        def flag(name: str, default: bool) -> bool:
-            raw = get(name)
-            if raw is None:
-                return default
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{name} must be true or false, not {raw!r}")
+        env = Environment(environ)
+        get, number, flag = env.text, env.number, env.flag
 
         def http(prefix: str) -> HttpSystem | None:
             url = get(f"JOBSVC_{prefix}_URL")
@@ -93,7 +68,9 @@ class AdapterSettings:
             return HttpSystem(
                 url=url.rstrip("/"),
                 token=get(f"JOBSVC_{prefix}_TOKEN"),
-                timeout_seconds=number(f"JOBSVC_{prefix}_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+                timeout_seconds=number(
+                    f"JOBSVC_{prefix}_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, positive=True
+                ),
             )
 
         platforms = {
@@ -106,15 +83,22 @@ class AdapterSettings:
             implicit_tls = flag("JOBSVC_SMTP_IMPLICIT_TLS", False)
             smtp = SmtpServer(
                 host=host,
-                port=int(number("JOBSVC_SMTP_PORT", 465 if implicit_tls else 587)),
+                port=int(number("JOBSVC_SMTP_PORT", 465 if implicit_tls else 587, positive=True)),
                 username=get("JOBSVC_SMTP_USERNAME"),
                 password=get("JOBSVC_SMTP_PASSWORD"),
                 starttls=flag("JOBSVC_SMTP_STARTTLS", not implicit_tls),
                 implicit_tls=implicit_tls,
-                timeout_seconds=number("JOBSVC_SMTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+                timeout_seconds=number(
+                    "JOBSVC_SMTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, positive=True
+                ),
             )
             if (smtp.username is None) != (smtp.password is None):
                 raise ValueError("JOBSVC_SMTP_USERNAME and JOBSVC_SMTP_PASSWORD go together")
+            if smtp.username is not None and not (smtp.starttls or smtp.implicit_tls):
+                raise ValueError(
+                    "JOBSVC_SMTP_USERNAME needs JOBSVC_SMTP_STARTTLS or JOBSVC_SMTP_IMPLICIT_TLS: "
+                    "credentials are never sent in clear"
+                )
         return cls(
             listing_service=http("LISTING_SERVICE"),
             application_service=http("APPLICATION_SERVICE"),

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Delete, Engine, bindparam, delete, select
 
 from jobsvc.db.clock import Clock, utc_now
 from jobsvc.db.driver_errors import storage_errors
@@ -15,11 +15,18 @@ from jobsvc.db.tables import job_progress
 from jobsvc.errors import InvalidArgument, JobNotFound
 
 MAX_KEY_LENGTH = 200
+# The status of a note that records a refusal ("rejected"): such notes are forgotten when an
+# operator re-drives the failed job, since whatever was refused may have been fixed meanwhile.
+REFUSED = "rejected"
 
 _ALL = select(job_progress.c.key, job_progress.c.value).where(
     job_progress.c.job_id == bindparam("p_job_id")
 )
 _ONE = _ALL.where(job_progress.c.key == bindparam("p_key"))
+FORGET_REFUSALS: Delete = delete(job_progress).where(
+    job_progress.c.job_id == bindparam("p_job_id"),
+    job_progress.c.value["status"].as_string() == REFUSED,
+)
 
 
 class ProgressLog:

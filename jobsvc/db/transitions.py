@@ -20,6 +20,7 @@ from jobsvc.db.clock import Clock, utc_now
 from jobsvc.db.driver_errors import storage_errors
 from jobsvc.db.guards import LEASE_EXPIRED
 from jobsvc.db.history import load_jobs, with_histories
+from jobsvc.db.progress import FORGET_REFUSALS
 from jobsvc.db.rows import attempt_values, job_from_row
 from jobsvc.db.tables import job_logs
 from jobsvc.errors import InvalidState, JobNotFound
@@ -151,10 +152,17 @@ class Transitions:
         """failed → pending, for an operator's retry: the DLQ id and QStash message id are
         cleared and the job rejoins the outbox, so the relay publishes it anew from
         ``next_publish_at`` (default: now; later when the caller publishes it itself). Attempt
-        numbers continue. JobNotFound if missing, InvalidState unless failed."""
+        numbers continue. The job's progress notes of refusals are forgotten (what was refused
+        is asked again); those of steps that succeeded stay. JobNotFound if missing,
+        InvalidState unless failed."""
         extra = {"p_next_publish_at": next_publish_at or self._clock()}
         return self._move_or_explain(
-            guards.REQUEUE, job_id, "requeue", guards.REQUEUEABLE, extra=extra
+            guards.REQUEUE,
+            job_id,
+            "requeue",
+            guards.REQUEUEABLE,
+            extra=extra,
+            then=FORGET_REFUSALS,
         )
 
     def _finish(
@@ -182,11 +190,15 @@ class Transitions:
         allowed: frozenset[JobState],
         *,
         extra: dict[str, Any] | None = None,
+        then: Executable | None = None,
     ) -> Job:
+        """Run the move; if it applied, ``then`` too, in the same transaction."""
         parameters = {"p_job_id": job_id, "p_now": self._clock(), **(extra or {})}
         with storage_errors(f"{verb} the job"), self._engine.begin() as connection:
             rows = connection.execute(statement, parameters).all()
             if rows:
+                if then is not None:
+                    connection.execute(then, {"p_job_id": job_id})
                 return with_histories(connection, rows)[0]
             found = load_jobs(connection, select(job_logs).where(job_logs.c.id == job_id))
         if not found:

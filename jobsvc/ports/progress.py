@@ -9,7 +9,9 @@ from typing import Any, Protocol
 
 class Progress(Protocol):
     """Durable notes of one job, by key (``platform:zillow``, ``email``). ``record`` returns once
-    the note is committed; a later attempt of the same job reads it back with ``get``."""
+    the note is committed; a later attempt of the same job reads it back with ``get``. A note
+    whose ``status`` is ``"rejected"`` (a refusal) lasts until an operator re-drives the failed
+    job (RetryJob): then the refused step is tried again, while steps that succeeded stay done."""
 
     async def get(self, key: str) -> Mapping[str, Any] | None: ...
 

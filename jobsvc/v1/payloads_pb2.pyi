@@ -87,7 +87,11 @@ Global___NotificationType: _TypeAlias = NotificationType  # noqa: Y015
 
 @_typing.final
 class SyndicateListing(_message.Message):
-    """The payload of a `syndicate-listing` job: publish one listing to external listing platforms."""
+    """The payload of a `syndicate-listing` job: publish one listing to external listing platforms.
+    The job's result gives each platform's outcome: "published" with the platform's listing id,
+    "rejected" with the platform's reason (not retried), or, while the job is retried, "failed".
+    A retry publishes only to the platforms that have not taken the listing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -124,8 +128,10 @@ Global___SyndicateListing: _TypeAlias = SyndicateListing  # noqa: Y015
 class SendReminder(_message.Message):
     """The payload of a `send-reminder` job: remind a rental applicant of documents still missing.
     Reminders form a sequence day1, day3, day5, day7, each two days after the previous one; the
-    handler enqueues the next step itself and skips (completes with a reason) when the documents are
-    complete.
+    handler enqueues the next step itself (deduplication id "reminder:<applicant_id>:<step>") and
+    skips (completes with a reason, ending the sequence) when the documents are complete or the
+    application is withdrawn, expired or decided. To start a whole sequence, Enqueue day1 with
+    deduplication_id "reminder:<applicant_id>:day1": one call, and a repeated call starts nothing.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -207,14 +213,20 @@ class SendNotification(_message.Message):
     INVALID_ARGUMENT.
     """
     recipient_id: _builtins.str
-    """The id of the person to notify. Required, an id as SyndicateListing.listing_id."""
+    """The id of the person to notify: an applicant id of the application service, which gives their
+    name, email address and phone number. Required, an id as SyndicateListing.listing_id.
+    """
     template_id: _builtins.str
-    """The id of the message template to render. Required, an id as SyndicateListing.listing_id."""
+    """The id of the message template to render: "adverse_action_notice", "document_reminder",
+    "application_received" or "viewing_confirmation" (the README lists the fields each needs).
+    Required; an unknown template, or one for another notification type, gives INVALID_ARGUMENT.
+    """
     @_builtins.property
     def template_data(self) -> _struct_pb2.Struct:
-        """The values the template is rendered with, a free-form JSON object. Optional; unset means an
-        empty object. Nested at most 32 levels deep, else INVALID_ARGUMENT; it counts towards the
-        64 KiB limit on the whole payload.
+        """The values the template is rendered with, a JSON object. Every field the template needs must
+        be given (a missing one gives INVALID_ARGUMENT naming "send_notification.template_data.<name>").
+        Nested at most 32 levels deep, else INVALID_ARGUMENT; it counts towards the 64 KiB limit on
+        the whole payload.
         """
 
     def __init__(

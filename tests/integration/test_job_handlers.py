@@ -348,6 +348,11 @@ async def test_partial_syndication_failure_then_recovery(pipeline: Pipeline) -> 
     # The failed attempts are in the history, with why.
     errors = [attempt.error for attempt in job.history if attempt.error]
     assert any("zillow" in error for error in errors)
+    # Craigslist's Retry-After (30 s, 30 ms here) set the second attempt's time, not QStash's
+    # first backoff (12 s, 12 ms here).
+    first, second = job.history[0], job.history[1]
+    gap = second.start_time.ToDatetime() - first.finish_time.ToDatetime()
+    assert gap >= timedelta(milliseconds=28)
 
 
 async def test_a_listing_the_listing_service_does_not_know_fails_permanently(
