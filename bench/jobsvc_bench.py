@@ -338,6 +338,8 @@ def start_service(layout: str, broker: str, database_url: str, workdir: Path) ->
         "JOBSVC_SIDECAR_PORT": str(sidecar_port),
         "JOBSVC_QSTASH_DEV_PORT": str(qstash_port),
         "JOBSVC_QSTASH_DEV_DATABASE_URL": f"sqlite:///{workdir}/qstash.sqlite3",
+        # The handlers' development adapters write what they would have sent here.
+        "JOBSVC_OUTBOX_DIR": str(workdir / "outbox"),
         "PYTHONUNBUFFERED": "1",
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -75,7 +75,8 @@ class Notifier:
         outcomes: dict[str, dict[str, Any]] = {}
         failures: list[Unavailable] = []
         for channel, address in (("email", recipient.email), ("sms", recipient.phone)):
-            earlier = await ctx.progress.get(progress_key(channel))
+            # (A first attempt has nothing noted yet: attempt numbers never repeat.)
+            earlier = await ctx.progress.get(progress_key(channel)) if ctx.attempt > 1 else None
             if earlier is not None and earlier.get("status") in (SENT, REJECTED):
                 outcomes[channel] = dict(earlier)
                 continue

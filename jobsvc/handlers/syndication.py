@@ -43,7 +43,9 @@ class Syndication:
     async def __call__(self, payload: SyndicateListing, ctx: HandlerContext) -> HandlerResult:
         """The result: ``{"listingId", "platforms": {name: outcome}}``; each outcome has a
         ``status`` and the platform's ``listingId`` and ``url``, or the ``error``."""
-        earlier = await ctx.progress.all()
+        # A first attempt has nothing noted yet (attempt numbers never repeat, not even after
+        # an operator's retry), so it skips the read.
+        earlier = await ctx.progress.all() if ctx.attempt > 1 else {}
         outcomes: dict[str, dict[str, Any]] = {}
         todo: list[Platform] = []
         for platform in payload.platforms:
