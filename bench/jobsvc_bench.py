@@ -38,8 +38,8 @@ PostgreSQL processes, and of the whole machine, over its window: other work on t
 report CPU milliseconds per job (service, PostgreSQL), which other load disturbs less than jobs/s.
 ``--broker inline`` runs each handler inside Enqueue: the same phases without the HTTP hops.
 
-Output: one JSON line per result on stdout as it is measured, then a table with the targets
-of issue 3.
+Output: one JSON line per result on stdout as it is measured, then a table with the performance
+targets (the TARGETS table below).
 """
 
 from __future__ import annotations
