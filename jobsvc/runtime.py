@@ -129,7 +129,9 @@ async def running(
     registry: HandlerRegistry | None = None,
 ) -> AsyncIterator[Parts]:
     """Start the chosen parts; stop them (gracefully) when the block ends. ``registry``
-    replaces the default handlers (an installation with handlers of its own, tests)."""
+    replaces the default handlers (an installation with handlers of its own, tests). The
+    default handlers and the adapters they reach are built only where handlers run: with the
+    sidecar, or in any part when the inline broker runs them inside Enqueue."""
     engine, job_log = await asyncio.to_thread(open_job_log, settings, migrate=migrate)
     holder: dict[str, JobService] = {}
 
@@ -148,7 +150,10 @@ async def running(
         return job.id
 
     adapters: ConfiguredAdapters | None = None
-    if registry is None:
+    runs_handlers = sidecar or settings.broker is BrokerKind.INLINE
+    if registry is None and not runs_handlers:
+        registry = HandlerRegistry()  # `jobsvc rpc` with QStash: the sidecars run the handlers
+    elif registry is None:
         adapters = configured_adapters(settings.adapters)
         registry = default_registry(
             HandlerPorts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -451,3 +452,33 @@ async def test_a_notification_missing_template_data_is_refused_at_enqueue(
     assert "send_notification.template_data.agency_phone" in (caught.value.details() or "")
     listed = await pipeline.stub.ListJobs(pb.ListJobsRequest(page_size=10))
     assert list(listed.jobs) == []
+
+
+# -- where the handlers run -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sidecar", "announced"), [(False, False), (True, True)])
+async def test_only_a_part_that_runs_handlers_builds_their_adapters(
+    database_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    sidecar: bool,
+    announced: bool,
+) -> None:
+    # `jobsvc rpc` beside a QStash does not run handlers: no adapters, no warnings about them.
+    port = free_port()
+    settings = Settings(
+        database_url=database_url,
+        grpc_port=0,
+        sidecar_port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        local_qstash=LocalQStashSettings(port=0, database_url=database_url),
+        adapters=AdapterSettings(outbox_dir=tmp_path / "outbox"),
+    )
+    caplog.set_level(logging.WARNING, logger="jobsvc.adapters")
+    async with running(
+        settings, rpc=True, sidecar=sidecar, relay=False, embed_local_qstash=True, migrate=True
+    ) as parts:
+        assert (parts.adapters is not None) is announced
+    warned = [r for r in caplog.records if getattr(r, "action", None) == "dev_adapter"]
+    assert bool(warned) is announced
