@@ -86,12 +86,7 @@ class QStashBroker:
         if not isinstance(response, PublishResponse):  # only a URL group answers with a list
             raise BrokerRejected(f"QStash treated {delivery.url!r} as a URL group")
         if response.deduplicated:
-            log.info(
-                "publish of job %s deduplicated to %s",
-                delivery.job_id,
-                response.message_id,
-                extra={"action": "publish_deduplicated", "job_id": str(delivery.job_id)},
-            )
+            _log_deduplicated(delivery, response.message_id)
         return response.message_id
 
     async def publish_batch(self, deliveries: Sequence[Delivery]) -> list[str]:
@@ -110,12 +105,7 @@ class QStashBroker:
             if not isinstance(response, BatchResponse):
                 raise BrokerRejected(f"QStash treated {delivery.url!r} as a URL group")
             if response.deduplicated:
-                log.info(
-                    "publish of job %s deduplicated to %s",
-                    delivery.job_id,
-                    response.message_id,
-                    extra={"action": "publish_deduplicated", "job_id": str(delivery.job_id)},
-                )
+                _log_deduplicated(delivery, response.message_id)
             message_ids.append(response.message_id)
         return message_ids
 
@@ -200,6 +190,15 @@ class QStashBroker:
             raise BrokerUnavailable(
                 f"unexpected answer from {self.base_url} to {operation}: {exc!r}"
             ) from exc
+
+
+def _log_deduplicated(delivery: Delivery, message_id: str) -> None:
+    log.info(
+        "publish of job %s deduplicated to %s",
+        delivery.job_id,
+        message_id,
+        extra={"action": "publish_deduplicated", "job_id": str(delivery.job_id)},
+    )
 
 
 def _batch_request(delivery: Delivery) -> BatchRequest:

@@ -13,11 +13,9 @@ from jobsvc.db.driver_errors import storage_errors
 from jobsvc.db.engine import dialect_insert
 from jobsvc.db.tables import job_progress
 from jobsvc.errors import InvalidArgument, JobNotFound
+from jobsvc.ports.progress import REJECTED
 
 MAX_KEY_LENGTH = 200
-# The status of a note that records a refusal ("rejected"): such notes are forgotten when an
-# operator re-drives the failed job, since whatever was refused may have been fixed meanwhile.
-REFUSED = "rejected"
 
 _ALL = select(job_progress.c.key, job_progress.c.value).where(
     job_progress.c.job_id == bindparam("p_job_id")
@@ -25,7 +23,8 @@ _ALL = select(job_progress.c.key, job_progress.c.value).where(
 _ONE = _ALL.where(job_progress.c.key == bindparam("p_key"))
 FORGET_REFUSALS: Delete = delete(job_progress).where(
     job_progress.c.job_id == bindparam("p_job_id"),
-    job_progress.c.value["status"].as_string() == REFUSED,
+    # Whatever was refused may have been fixed by the time an operator re-drives the job.
+    job_progress.c.value["status"].as_string() == REJECTED,
 )
 
 

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-
 from jobsvc.errors import FieldViolation
 from jobsvc.handlers.context import HandlerContext
 from jobsvc.handlers.outcomes import PermanentFailure, RetryLater
@@ -32,10 +30,10 @@ from jobsvc.ports import (
     SmsSender,
     Unavailable,
 )
-from jobsvc.templates import RenderedNotification, TemplateCatalog
+from jobsvc.ports.progress import REJECTED
+from jobsvc.templates import RenderedNotification, RenderError, TemplateCatalog, UnknownTemplate
 
 SENT = "sent"
-REJECTED = "rejected"
 FAILED = "failed"
 NOT_SENT = "not_sent"
 
@@ -141,7 +139,7 @@ class Notifier:
         person = {"name": recipient.name, "email": recipient.email, "phone": recipient.phone}
         try:
             return self.templates.render(template_id, data, recipient=person)
-        except (TemplateError, KeyError, LookupError, TypeError, ValueError) as exc:
+        except (UnknownTemplate, RenderError) as exc:
             raise PermanentFailure(f"template {template_id} cannot be rendered: {exc}") from exc
 
     async def _send(

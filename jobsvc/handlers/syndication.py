@@ -22,9 +22,9 @@ from jobsvc.handlers.outcomes import HandlerResult, PermanentFailure, RetryLater
 from jobsvc.handlers.steering import port_failures
 from jobsvc.payloads import Platform, SyndicateListing
 from jobsvc.ports import Listing, ListingService, Rejected, SyndicationPlatform, Unavailable
+from jobsvc.ports.progress import REJECTED
 
 PUBLISHED = "published"
-REJECTED = "rejected"
 FAILED = "failed"
 
 

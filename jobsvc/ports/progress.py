@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+# The ``status`` of a note that records a refusal; see ``Progress``.
+REJECTED = "rejected"
+
 
 class Progress(Protocol):
     """Durable notes of one job, by key (``platform:zillow``, ``email``). ``record`` returns once

@@ -45,6 +45,7 @@ from jobsvc.service.jobs import passed_through
 from jobsvc.settings import BrokerKind, Settings
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, payloads_pb2
+from tests.polling import eventually
 
 T = TypeVar("T")
 PENDING = jobs_pb2.JOB_STATE_PENDING
@@ -210,24 +211,6 @@ def script() -> Script:
 async def stack(database_url: str, script: Script) -> AsyncIterator[Stack]:
     async with started(settings_for(database_url), script) as stack:
         yield stack
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float,  # noqa: ASYNC109 - a deadline for the polls, as in tests.polling.poll
-    what: str,
-    every: float = 0.02,
-) -> T:
-    """Await ``check`` until it returns something not None; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 def crm(listing_id: str, **options: Any) -> pb.EnqueueRequest:

@@ -51,6 +51,7 @@ from jobsvc.payloads import (
 )
 from jobsvc.service.progress import JobProgress
 from jobsvc.templates import default_catalog
+from tests.handler_ports import FollowUpCall, RecordedFollowUps
 from tests.standins import (
     APPLICATION_SERVICE,
     CRM,
@@ -60,11 +61,9 @@ from tests.standins import (
     ExternalSystems,
     platform_prefix,
 )
+from tests.standins.records import ADDRESS, EMAIL, PHONE, applicant, seeded
 from tests.standins.smtp import ReceivedMail, SmtpServer
 
-ADDRESS = "12 Garden Row, Brooklyn, NY"
-EMAIL = "dana@applicants.example"
-PHONE = "+15551230001"
 SMS_SENDER = "+15550000000"
 # Not the default two days, so the follow-up's delay shows it comes from the configuration.
 REMINDER_INTERVAL = timedelta(hours=36)
@@ -78,62 +77,6 @@ ZILLOW = Platform.ZILLOW
 APARTMENTS = Platform.APARTMENTS
 CRAIGSLIST = Platform.CRAIGSLIST
 FACEBOOK = Platform.FACEBOOK
-
-
-def applicant(applicant_id: str, **changes: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": applicant_id,
-        "name": "Dana Reyes",
-        "email": EMAIL,
-        "phone": PHONE,
-        "listingAddress": ADDRESS,
-        "status": "active",
-        "documentsComplete": False,
-        "expiresAt": None,
-        "missingDocuments": ["proof_of_income", "photo_id"],
-    }
-    record.update(changes)
-    return record
-
-
-@dataclass(frozen=True, kw_only=True)
-class FollowUpCall:
-    job_type: JobType
-    payload: dict[str, Any]
-    delay: timedelta | None
-    deduplication_id: str | None
-    job_id: uuid.UUID
-
-
-@dataclass
-class RecordedFollowUps:
-    """The ``FollowUp`` port as the service offers it, recording each call; a repeated
-    deduplication id answers the job it named before, as Enqueue does."""
-
-    calls: list[FollowUpCall] = field(default_factory=list)
-
-    async def __call__(
-        self,
-        job_type: JobType,
-        payload: dict[str, Any],
-        *,
-        delay: timedelta | None = None,
-        deduplication_id: str | None = None,
-    ) -> uuid.UUID:
-        earlier = [
-            c for c in self.calls if deduplication_id and c.deduplication_id == deduplication_id
-        ]
-        job_id = earlier[0].job_id if earlier else uuid.uuid4()
-        self.calls.append(
-            FollowUpCall(
-                job_type=job_type,
-                payload=payload,
-                delay=delay,
-                deduplication_id=deduplication_id,
-                job_id=job_id,
-            )
-        )
-        return job_id
 
 
 @dataclass(kw_only=True)
@@ -194,19 +137,7 @@ def running_systems() -> Iterator[ExternalSystems]:
 @pytest.fixture
 def systems(running_systems: ExternalSystems) -> ExternalSystems:
     """The module's stand-in server, emptied for this test, with listing L1 and applicant A1."""
-    running_systems.reset()
-    running_systems.listings["L1"] = {
-        "id": "L1",
-        "title": "Sunny two-bedroom",
-        "address": ADDRESS,
-        "rent": 2400,
-        "bedrooms": 2,
-        "bathrooms": 1.5,
-        "description": "Corner unit, south light.",
-        "photos": ["https://photos.example/L1/1.jpg"],
-    }
-    running_systems.applicants["A1"] = applicant("A1")
-    return running_systems
+    return seeded(running_systems)
 
 
 @pytest.fixture

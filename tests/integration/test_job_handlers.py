@@ -14,8 +14,7 @@ import contextlib
 import itertools
 import logging
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,14 +33,15 @@ from jobsvc.runtime import Parts, running
 from jobsvc.settings import Settings
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, payloads_pb2
+from tests.polling import eventually
 from tests.standins.http import SMS_GATEWAY, CrmContact, ExternalSystems
+from tests.standins.records import ADDRESS, applicant, seeded
 from tests.standins.smtp import SmtpServer
 
 T = TypeVar("T")
 COMPLETED = jobs_pb2.JOB_STATE_COMPLETED
 FAILED = jobs_pb2.JOB_STATE_FAILED
 FINAL = (COMPLETED, FAILED, jobs_pb2.JOB_STATE_CANCELLED)
-ADDRESS = "12 Garden Row, Brooklyn, NY"
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +52,7 @@ def systems() -> Iterator[ExternalSystems]:
 
 @pytest.fixture
 def external(systems: ExternalSystems) -> ExternalSystems:
-    systems.reset()
-    systems.listings["L1"] = {
-        "id": "L1",
-        "title": "Sunny two-bedroom",
-        "address": ADDRESS,
-        "rent": 2400,
-        "bedrooms": 2,
-        "bathrooms": 1.5,
-        "description": "Corner unit, south light.",
-        "photos": ["https://photos.example/L1/1.jpg"],
-    }
-    systems.applicants["A1"] = applicant("A1")
-    return systems
+    return seeded(systems)
 
 
 @pytest.fixture
@@ -73,42 +61,10 @@ def smtp() -> Iterator[SmtpServer]:
         yield server
 
 
-def applicant(applicant_id: str, **changes: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": applicant_id,
-        "name": "Dana Reyes",
-        "email": "dana@applicants.example",
-        "phone": "+15551230001",
-        "listingAddress": ADDRESS,
-        "status": "active",
-        "documentsComplete": False,
-        "expiresAt": None,
-        "missingDocuments": ["proof_of_income", "photo_id"],
-    }
-    record.update(changes)
-    return record
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    what: str,
-    timeout: float = 15,  # noqa: ASYNC109 - a deadline for the polls
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -220,7 +176,7 @@ async def test_a_reminder_sequence_runs_day1_to_day7_each_step_once(pipeline: Pi
         jobs = await pipeline.reminders()
         return jobs if len(jobs) == 4 and all(j.state == COMPLETED for j in jobs) else None
 
-    jobs = await eventually(four_done, what="four completed reminder steps")
+    jobs = await eventually(four_done, what="four completed reminder steps", timeout=15)
     steps = [step_of(job) for job in jobs]
     assert steps == ["day1", "day3", "day5", "day7"]
     results = [result_of(job) for job in jobs]
@@ -262,7 +218,7 @@ async def test_documents_completing_after_day3_end_the_sequence(
             done = [j for j in jobs if j.state == COMPLETED]
             return jobs if [step_of(j) for j in done] == ["day1", "day3"] else None
 
-        await eventually(day3_done, what="day1 and day3")
+        await eventually(day3_done, what="day1 and day3", timeout=15)
         with external.lock:
             external.applicants["A1"]["documentsComplete"] = True
 
@@ -270,7 +226,7 @@ async def test_documents_completing_after_day3_end_the_sequence(
             jobs = await pipeline.reminders()
             return jobs if len(jobs) == 3 and all(j.state in FINAL for j in jobs) else None
 
-        jobs = await eventually(ended, what="day5 to end the sequence")
+        jobs = await eventually(ended, what="day5 to end the sequence", timeout=15)
         assert [step_of(j) for j in jobs] == ["day1", "day3", "day5"]
         assert [j.state for j in jobs] == [COMPLETED] * 3
         day5 = result_of(jobs[-1])

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,38 +34,10 @@ from jobsvc.payloads import (
     ReminderType,
     SendReminder,
 )
-from tests.handler_ports import dev_ports
+from tests.handler_ports import RecordedFollowUps, dev_ports
 
 TIMEOUT = timedelta(seconds=5)
 CRM = {"listingId": "L1", "agentId": "AG1"}
-
-
-@dataclass
-class Enqueued:
-    job_type: JobType
-    payload: dict[str, Any]
-    delay: timedelta | None
-    deduplication_id: str | None
-    job_id: uuid.UUID
-
-
-@dataclass
-class RecordingFollowUp:
-    """A ``FollowUp`` port that records each call and hands out fresh job ids."""
-
-    calls: list[Enqueued] = field(default_factory=list)
-
-    async def __call__(
-        self,
-        job_type: JobType,
-        payload: dict[str, Any],
-        *,
-        delay: timedelta | None = None,
-        deduplication_id: str | None = None,
-    ) -> uuid.UUID:
-        job_id = uuid.uuid4()
-        self.calls.append(Enqueued(job_type, payload, delay, deduplication_id, job_id))
-        return job_id
 
 
 class NotesInMemory:
@@ -87,12 +58,12 @@ class NotesInMemory:
 
 
 @pytest.fixture
-def follow_up() -> RecordingFollowUp:
-    return RecordingFollowUp()
+def follow_up() -> RecordedFollowUps:
+    return RecordedFollowUps()
 
 
 @pytest.fixture
-def make_ctx(follow_up: RecordingFollowUp) -> Callable[..., HandlerContext]:
+def make_ctx(follow_up: RecordedFollowUps) -> Callable[..., HandlerContext]:
     def make(job_type: JobType = JobType.CRM_MATCH, attempt: int = 1) -> HandlerContext:
         job_id = uuid.uuid4()
         return HandlerContext(
@@ -353,7 +324,7 @@ async def test_timeout_must_be_positive(make_ctx: Callable[..., HandlerContext])
 
 
 async def test_follow_up_port_gets_what_the_handler_passed(
-    make_ctx: Callable[..., HandlerContext], follow_up: RecordingFollowUp
+    make_ctx: Callable[..., HandlerContext], follow_up: RecordedFollowUps
 ) -> None:
     async def handle(payload: CrmMatch, ctx: HandlerContext) -> dict[str, Any]:
         reminder = SendReminder(applicant_id="A1", reminder_type=ReminderType.DAY3)
