@@ -41,7 +41,7 @@ from jobsvc.localqstash.signing import new_signing_key, sign
 from jobsvc.payloads import CrmMatch
 from jobsvc.service.deliveries import Deliveries, firing_job_id
 from jobsvc.webhooks import SignatureVerifier, build_app
-from tests.handler_ports import dev_ports
+from tests.handler_ports import RecordedFollowUps, dev_ports
 
 CRM = JobType.CRM_MATCH
 CRM_PATH = "/api/jobs/crm-match"
@@ -139,24 +139,6 @@ class Script:
         return registry
 
 
-class FollowUps:
-    """The follow-up port's development adapter: records what would have been enqueued."""
-
-    def __init__(self) -> None:
-        self.enqueued: list[tuple[JobType, dict[str, Any]]] = []
-
-    async def __call__(
-        self,
-        job_type: JobType,
-        payload: dict[str, Any],
-        *,
-        delay: timedelta | None = None,
-        deduplication_id: str | None = None,
-    ) -> uuid.UUID:
-        self.enqueued.append((job_type, payload))
-        return uuid.uuid4()
-
-
 @dataclass
 class Sidecar:
     url: str
@@ -217,7 +199,7 @@ def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
                 job_log=log,
                 registry=registry or default_registry(dev_ports(tmp_path / "outbox")),
                 handler_timeout=handler_timeout,
-                follow_up=FollowUps(),
+                follow_up=RecordedFollowUps(),
             )
 
             def build(url: str) -> Any:
