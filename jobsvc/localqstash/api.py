@@ -6,6 +6,7 @@ Endpoints raise ``ApiError``s; ``_error`` turns them into QStash's ``{"error": .
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +14,7 @@ from urllib.parse import parse_qsl, unquote
 
 from sqlalchemy import select
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,7 +24,7 @@ from jobsvc.localqstash.durations import parse_bool, parse_duration, parse_int
 from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from jobsvc.localqstash.events import list_events
-from jobsvc.localqstash.filters import values
+from jobsvc.localqstash.filters import COLUMNS, COMMON, check_known, time_bounds, values
 from jobsvc.localqstash.gates import FlowGate, QueueGate
 from jobsvc.localqstash.messages import Message
 from jobsvc.localqstash.options import Options, canonical, check_name, check_url, parse_options
@@ -32,8 +33,23 @@ from jobsvc.localqstash.schedules import Scheduler
 from jobsvc.localqstash.store import StoreError
 from jobsvc.localqstash.users import User
 
+log = logging.getLogger("jobsvc.localqstash.api")
 MAX_BODY = 10 * 1024 * 1024
+# The query parameters each bulk action reads; any other is refused.
+CANCEL_PARAMS = COMMON | {
+    "messageIds",
+    "messageId",
+    "queueName",
+    "url",
+    "scheduleId",
+    "flowControlKey",
+    "label",
+    "topicName",
+    "callerIp",
+}
+DLQ_PARAMS = COMMON | set(COLUMNS) | {"dlqIds", "responseStatus"}
 MAX_BATCH = 1000
+MAX_PARALLELISM = 1_000_000
 Params = dict[str, list[str]]
 
 
@@ -104,6 +120,13 @@ class Api:
                 return _error(exc.status_code, exc.message, exc.headers)
             except StoreError:
                 return _error(503, "storage unavailable, try again")
+            except ClientDisconnect:  # nobody reads the answer; nothing was accepted
+                return _error(400, "client disconnected before the request was read")
+            except Exception:
+                log.exception(
+                    "%s %s failed", request.method, path, extra={"action": "request_failed"}
+                )
+                return _error(500, "internal error")
 
         return Route(path, endpoint, methods=methods)
 
@@ -170,8 +193,10 @@ class Api:
                 if not isinstance(entry, dict) or not isinstance(entry.get("destination"), str):
                     raise BadRequest("destination is required")
                 headers = entry.get("headers") or {}
-                if not isinstance(headers, dict):
-                    raise BadRequest("headers must be an object")
+                if not isinstance(headers, dict) or not all(
+                    isinstance(v, str | int | float | bool) for v in headers.values()
+                ):
+                    raise BadRequest("headers must be an object of strings")
                 body = entry.get("body")
                 if body is not None and not isinstance(body, str):
                     raise BadRequest("body must be a string")
@@ -227,8 +252,12 @@ class Api:
         return JSONResponse({"cancelled": 1}, status_code=202)
 
     async def cancel_messages(self, request: Request, user: User) -> Response:
+        """Cancel by ids (query or JSON body), or every live message the filters match: several
+        values of one filter match any of them. ``count`` is accepted and ignored, as QStash
+        does: a filtered cancel handles every match in one call (the JS SDK relies on it)."""
         params = _params(request)
-        ids = values(params, "messageIds")
+        check_known(params, frozenset(CANCEL_PARAMS))
+        ids = values(params, "messageIds") + values(params, "messageId")
         body = await request.body()
         if body.strip():
             data = _loads(body)
@@ -236,24 +265,7 @@ class Api:
                 raise BadRequest("body must be an object with a messageIds array")
             ids.extend(str(i) for i in data.get("messageIds", []))
         if not ids:
-            filters = {
-                k: set(values(params, k))
-                for k in ("queueName", "url", "scheduleId", "flowControlKey", "label", "topicName")
-            }
-            filters = {k: v for k, v in filters.items() if v}
-
-            def matches(m: Message) -> bool:
-                fields = {
-                    "queueName": m.queue_name,
-                    "url": m.url,
-                    "scheduleId": m.schedule_id,
-                    "flowControlKey": m.flow_control.key if m.flow_control else None,
-                    "label": m.label,
-                    "topicName": m.topic_name,
-                }
-                return all(fields[k] in wanted for k, wanted in filters.items())
-
-            ids = self.engine.live_ids(user, matches)
+            ids = self.engine.live_ids(user, _message_filter(params))
         return JSONResponse({"cancelled": await self.engine.cancel(user, ids)})
 
     # -- schedules ------------------------------------------------------------------------------
@@ -307,12 +319,15 @@ class Api:
 
     async def delete_dlq_one(self, request: Request, user: User) -> Response:
         dlq_id = request.path_params["dlq_id"]
-        if await delete_dlq(self.engine, user, [dlq_id], {}) == 0:
+        if (await delete_dlq(self.engine, user, [dlq_id], {}))[0] == 0:
             raise NotFound(f"dlq message {dlq_id} not found")
         return JSONResponse({"deleted": 1})
 
     async def delete_dlq_many(self, request: Request, user: User) -> Response:
+        """Delete by ids, or the entries the filters match: at most ``count`` of them when
+        given, with a ``cursor`` to continue from while more remain."""
         params = _params(request)
+        check_known(params, frozenset(DLQ_PARAMS))
         ids: list[str] | None = values(params, "dlqIds") or None
         body = await request.body()
         if body.strip():
@@ -320,7 +335,11 @@ class Api:
             if not isinstance(data, dict) or not isinstance(data.get("dlqIds", []), list):
                 raise BadRequest("body must be an object with a dlqIds array")
             ids = (ids or []) + [str(i) for i in data.get("dlqIds", [])]
-        return JSONResponse({"deleted": await delete_dlq(self.engine, user, ids, params)})
+        deleted, cursor = await delete_dlq(self.engine, user, ids, params)
+        out: dict[str, Any] = {"deleted": deleted}
+        if cursor is not None:
+            out["cursor"] = cursor
+        return JSONResponse(out)
 
     async def retry_dlq_one(self, request: Request, user: User) -> Response:
         row = await get_dlq(self.engine, user, request.path_params["dlq_id"])
@@ -330,6 +349,7 @@ class Api:
 
     async def retry_dlq_many(self, request: Request, user: User) -> Response:
         params = _params(request)
+        check_known(params, frozenset(DLQ_PARAMS))
         page = await list_dlq(self.engine, user, params)
         ids = [m["dlqId"] for m in page["messages"]]
         rows = [await get_dlq(self.engine, user, dlq_id) for dlq_id in ids]
@@ -369,8 +389,12 @@ class Api:
             raise BadRequest("queueName is required")
         name = check_name(data["queueName"], what="queue name")
         parallelism = data.get("parallelism")
-        if parallelism is not None and (not isinstance(parallelism, int) or parallelism < 1):
-            raise BadRequest("parallelism must be a positive integer")
+        if parallelism is not None and (
+            not isinstance(parallelism, int)
+            or isinstance(parallelism, bool)
+            or not 1 <= parallelism <= MAX_PARALLELISM
+        ):
+            raise BadRequest(f"parallelism must be an integer between 1 and {MAX_PARALLELISM}")
         paused = data.get("paused")
         if paused is not None and not isinstance(paused, bool):
             raise BadRequest("paused must be a boolean")
@@ -509,12 +533,17 @@ class Api:
         elif action == "pin":
             if "parallelism" in params:
                 gate.pinned_parallelism = parse_int(
-                    params["parallelism"], name="parallelism", minimum=1
+                    params["parallelism"], name="parallelism", minimum=1, maximum=MAX_PARALLELISM
                 )
             if "rate" in params:
-                gate.pinned_rate = parse_int(params["rate"], name="rate", minimum=1)
+                gate.pinned_rate = parse_int(
+                    params["rate"], name="rate", minimum=1, maximum=2**31 - 1
+                )
             if "period" in params:
-                gate.pinned_period = int(parse_duration(params["period"], name="period"))
+                period = int(parse_duration(params["period"], name="period"))
+                if not 1 <= period <= 7 * 86400:
+                    raise BadRequest("invalid period: must be between 1s and 1 week")
+                gate.pinned_period = period
         elif action == "unpin":
             if parse_bool(params.get("parallelism")):
                 gate.pinned_parallelism = None
@@ -585,8 +614,43 @@ def _destination(request: Request, prefix: str) -> tuple[str, list[tuple[str, st
 def _caller_ip(request: Request) -> str | None:
     forwarded = request.headers.get("x-forwarded-for")
     if forwarded:
-        return forwarded.split(",")[0].strip()
+        first = forwarded.split(",")[0].strip()
+        if 0 < len(first) <= 64:  # an address; anything longer is not one
+            return first
     return request.client.host if request.client else None
+
+
+def _message_filter(params: Params) -> Callable[[Message], bool]:
+    """The live messages a bulk cancel's filters match, as the listings' filters match rows."""
+    wanted = {
+        name: set(values(params, name))
+        for name in ("queueName", "url", "scheduleId", "flowControlKey", "topicName", "callerIp")
+    }
+    wanted = {k: v for k, v in wanted.items() if v}
+    labels = set(values(params, "label"))
+    hosts = [f"://{h}" for h in values(params, "host")]
+    paths = values(params, "path")
+    since, until = time_bounds(params)
+
+    def matches(m: Message) -> bool:
+        fields = {
+            "queueName": m.queue_name,
+            "url": m.url,
+            "scheduleId": m.schedule_id,
+            "flowControlKey": m.flow_control.key if m.flow_control else None,
+            "topicName": m.topic_name,
+            "callerIp": m.caller_ip,
+        }
+        return (
+            all(fields[k] in v for k, v in wanted.items())
+            and (not labels or any(label in labels for label in m.labels))
+            and (not hosts or any(h in m.url for h in hosts))
+            and (not paths or any(p in m.url for p in paths))
+            and (since is None or m.created_at >= since)
+            and (until is None or m.created_at <= until)
+        )
+
+    return matches
 
 
 async def _body(request: Request) -> bytes:
@@ -605,6 +669,8 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         raise BadRequest("body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
 
 
 def _overrides(request: Request) -> tuple[Options, set[str]]:

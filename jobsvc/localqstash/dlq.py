@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, select
 
 from jobsvc.localqstash import tables
+from jobsvc.localqstash.durations import parse_int
 from jobsvc.localqstash.engine import Engine, Published
 from jobsvc.localqstash.errors import NotFound
 from jobsvc.localqstash.filters import conditions, page, values
@@ -30,10 +31,10 @@ def dlq_json(row: Row[Any]) -> dict[str, Any]:
     out["responseHeader"] = data.get("responseHeader") or {}
     response = base64.b64decode(data.get("responseBody") or "")
     fields = body_fields(response)
-    if "body" in fields:
-        out["responseBody"] = fields["body"]
-    else:
+    if "bodyBase64" in fields:
         out["responseBodyBase64"] = fields["bodyBase64"]
+    else:
+        out["responseBody"] = fields.get("body", "")
     if data.get("error"):
         out["error"] = data["error"]
     return out
@@ -51,7 +52,8 @@ def _where(user: User, params: Mapping[str, Sequence[str]]) -> list[Any]:
         where.append(table.c.dlq_id.in_(ids))
     statuses = values(params, "responseStatus")
     if statuses:
-        where.append(table.c.response_status.in_([int(s) for s in statuses if s.isdigit()]))
+        codes = [parse_int(s, name="responseStatus", maximum=999) for s in statuses]
+        where.append(table.c.response_status.in_(codes))
     return where
 
 
@@ -89,18 +91,38 @@ async def get_dlq(engine: Engine, user: User, dlq_id: str) -> Row[Any]:
 
 async def delete_dlq(
     engine: Engine, user: User, dlq_ids: list[str] | None, params: Mapping[str, Sequence[str]]
-) -> int:
-    """Delete by ids, or everything the filters match; the number deleted."""
+) -> tuple[int, str | None]:
+    """Delete by ids, or what the filters match (the first ``count`` after ``cursor``, when
+    given); the number deleted, and the cursor to continue from while more remain."""
     table = tables.dlq
     where = [table.c.user_id == user.user_id]
-    where += [table.c.dlq_id.in_(dlq_ids)] if dlq_ids is not None else _where(user, params)
-    deleted: list[int] = []
+    count: int | None = None
+    if dlq_ids is not None:
+        where.append(table.c.dlq_id.in_(dlq_ids))
+    else:
+        where += _where(user, params)
+        if params.get("count") or params.get("cursor"):
+            count, cursor = page(params, default=2**62, maximum=2**62)
+            if cursor is not None:
+                where.append(table.c.seq > cursor)
+    result: list[tuple[int, str | None]] = []
 
     def run(conn: Connection) -> None:
-        deleted.append(conn.execute(delete(table).where(*where)).rowcount)
+        bounded = where
+        more: str | None = None
+        if count is not None:
+            seqs = list(
+                conn.execute(
+                    select(table.c.seq).where(*where).order_by(table.c.seq).limit(count + 1)
+                ).scalars()
+            )
+            if len(seqs) > count:
+                more = str(seqs[count - 1])
+            bounded = [*where, table.c.seq <= seqs[:count][-1]] if seqs else [*where]
+        result.append((conn.execute(delete(table).where(*bounded)).rowcount, more))
 
     await engine.store.write(Statement(run))
-    return deleted[0]
+    return result[0]
 
 
 async def retry_dlq(

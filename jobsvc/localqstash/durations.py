@@ -15,18 +15,51 @@ from jobsvc.localqstash.errors import BadRequest
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 ONE_DAY_SECONDS = 86400.0
+# QStash caps every retry delay (backoff, expression, Retry-After) at one day.
+MAX_RETRY_DELAY_SECONDS = ONE_DAY_SECONDS
+# A longer Upstash-Retry-Delay is refused before it is parsed (real ones are a few dozen).
+MAX_EXPRESSION_LENGTH = 1000
+# The furthest any duration header may reach (delays are further bounded by the plan's
+# maximum, timeouts by the attempt timeout); beyond it the value is refused, not overflowed.
+MAX_DURATION_SECONDS = 100 * 365 * ONE_DAY_SECONDS
+# The latest instant the server computes or stores, in ms (the year 9999; fits BIGINT).
+MAX_TIME_MS = 253_402_300_799_000
+
+
+def later_ms(now_ms: int, seconds: float, *, scale: float = 1.0) -> int:
+    """``now_ms`` plus ``seconds`` (times ``scale``), bounded to ``[now_ms, MAX_TIME_MS]``: every
+    due time and not-before the server computes goes through here, so none can overflow a
+    database column or the clock. NaN counts as no wait."""
+    wait = seconds * scale * 1000.0
+    if not wait > 0:  # also NaN
+        return now_ms
+    return int(min(float(MAX_TIME_MS), now_ms + wait))
+
+
+def bounded_retry_delay(seconds: float) -> float:
+    """A retry delay within ``[0, MAX_RETRY_DELAY_SECONDS]``, as QStash bounds it."""
+    if math.isnan(seconds) or seconds <= 0:
+        return 0.0
+    return min(seconds, MAX_RETRY_DELAY_SECONDS)
 
 
 def parse_duration(value: str, *, name: str) -> float:
     """Seconds in ``50s``, ``1d10h30m`` or a bare integer (seconds); ``BadRequest`` otherwise."""
     text = value.strip()
+    match = None if len(text) > 64 else _DURATION.match(text)
+    if not text or (not text.isdigit() and match is None):
+        raise BadRequest(
+            f"invalid {name}: {value[:100]!r}, expected a duration like 50s or 1d10h30m"
+        )
     if text.isdigit():
-        return float(text)
-    match = _DURATION.match(text)
-    if not text or match is None:
-        raise BadRequest(f"invalid {name}: {value!r}, expected a duration like 50s or 1d10h30m")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+        total = int(text)
+    else:
+        assert match is not None
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total > MAX_DURATION_SECONDS:
+        raise BadRequest(f"invalid {name}: {value[:100]!r} is longer than 100 years")
+    return float(total)
 
 
 def parse_bool(value: str | None) -> bool:
@@ -35,13 +68,18 @@ def parse_bool(value: str | None) -> bool:
 
 
 def parse_int(value: str, *, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    text = value.strip()
     try:
-        number = int(value.strip())
+        # 19 digits hold any 64-bit value; longer ones only make int() slow.
+        number = int(text) if len(text) <= 20 else None
     except ValueError:
-        raise BadRequest(f"invalid {name}: {value!r}, expected an integer") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise BadRequest(f"invalid {name}: {number}, must be {bound}")
+        number = None
+    if number is None:
+        raise BadRequest(f"invalid {name}: {value[:100]!r}, expected an integer")
+    if maximum is None:
+        maximum = 2**63 - 1  # what a database column holds
+    if number < minimum or number > maximum:
+        raise BadRequest(f"invalid {name}: {number}, must be between {minimum} and {maximum}")
     return number
 
 
@@ -107,21 +145,37 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 
 
 def check_retry_delay_expression(expression: str) -> None:
-    """Reject an ``Upstash-Retry-Delay`` expression that cannot be evaluated."""
-    try:
-        retry_delay_ms(expression, retried=0)
-    except BadRequest:
-        raise
-    except (ArithmeticError, ValueError, TypeError) as exc:
-        raise BadRequest(f"invalid retry delay expression {expression!r}: {exc}") from None
+    """Reject an ``Upstash-Retry-Delay`` expression that cannot be evaluated to a finite number
+    of milliseconds for the first retry (larger finite values are capped at one day later)."""
+    if not math.isfinite(retry_delay_ms(expression, retried=0)):
+        raise BadRequest(
+            f"invalid retry delay expression {expression[:100]!r}: not a finite number"
+        )
 
 
 def retry_delay_ms(expression: str, *, retried: int) -> float:
-    """Evaluate an ``Upstash-Retry-Delay`` expression: milliseconds after ``retried`` retries."""
+    """Evaluate an ``Upstash-Retry-Delay`` expression: milliseconds after ``retried`` retries.
+    ``BadRequest`` for anything that is not a readable, computable expression."""
+    shown = expression[:100]
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise BadRequest(
+            f"invalid retry delay expression {shown!r}...: longer than "
+            f"{MAX_EXPRESSION_LENGTH} characters"
+        )
+    try:
+        return _evaluate(expression, retried=retried)
+    except BadRequest:
+        raise
+    # RecursionError and MemoryError: a deeply nested expression (within the length bound).
+    except (ArithmeticError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+        raise BadRequest(f"invalid retry delay expression {shown!r}: {exc}"[:300]) from None
+
+
+def _evaluate(expression: str, *, retried: int) -> float:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError:
-        raise BadRequest(f"invalid retry delay expression: {expression!r}") from None
+        raise BadRequest(f"invalid retry delay expression: {expression[:100]!r}") from None
 
     def evaluate(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
@@ -145,9 +199,10 @@ def retry_delay_ms(expression: str, *, retried: int) -> float:
             and not node.keywords
         ):
             return float(_FUNCTIONS[node.func.id](*(evaluate(arg) for arg in node.args)))
-        raise BadRequest(f"invalid retry delay expression: {expression!r}")
+        raise BadRequest(f"invalid retry delay expression: {expression[:100]!r}")
 
-    return max(0.0, evaluate(tree))
+    result = evaluate(tree)
+    return result if math.isnan(result) else max(0.0, result)
 
 
 def default_backoff_seconds(retried: int) -> float:
@@ -164,14 +219,18 @@ def parse_retry_after(value: str, *, now: float) -> float | None:
     except ValueError:
         pass
     else:
+        if not math.isfinite(number):
+            return None
         # Large numbers are reset instants (X-RateLimit-Reset), small ones are spans.
         return max(0.0, number - now) if number > 1_000_000_000 else max(0.0, number)
+    if len(text) > 64:
+        return None
     parts = _GO_DURATION.findall(text)
     if parts and "".join(n + u for n, u in parts) == text:
         unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
         return sum(float(n) * unit[u] for n, u in parts)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - now)

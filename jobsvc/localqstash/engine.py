@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,10 @@ from jobsvc.localqstash.callbacks import (
 )
 from jobsvc.localqstash.delivery import Deliverer, Outcome
 from jobsvc.localqstash.durations import (
+    MAX_RETRY_DELAY_SECONDS,
+    bounded_retry_delay,
     default_backoff_seconds,
+    later_ms,
     parse_retry_after,
     retry_delay_ms,
 )
@@ -173,21 +176,24 @@ class Engine:
             else:
                 self.keys[user.user_id] = (row.current, row.next)
         conn.commit()
+        # One unreadable row is logged and left aside: start-up serves the rest.
         for row in conn.execute(select(tables.queues)):
-            self.queues[(row.user_id, row.name)] = QueueGate(
-                name=row.name,
-                parallelism=row.parallelism,
-                paused=row.paused,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-            )
+            with _left_aside("queue", row):
+                self.queues[(row.user_id, row.name)] = QueueGate(
+                    name=row.name,
+                    parallelism=row.parallelism,
+                    paused=row.paused,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                )
         self.url_groups.load(conn)
         for row in conn.execute(select(tables.flow_controls)):
-            gate = self._flow(row.user_id, row.flow_control_key)
-            gate.paused = row.paused
-            gate.pinned_parallelism = row.pinned_parallelism
-            gate.pinned_rate = row.pinned_rate
-            gate.pinned_period = row.pinned_period
+            with _left_aside("flow control key", row):
+                gate = self._flow(row.user_id, row.flow_control_key)
+                gate.paused = row.paused
+                gate.pinned_parallelism = row.pinned_parallelism
+                gate.pinned_rate = row.pinned_rate
+                gate.pinned_period = row.pinned_period
         now = now_ms()
         for row in conn.execute(
             select(tables.deduplication).where(tables.deduplication.c.expires_at > now)
@@ -196,8 +202,9 @@ class Engine:
         for row in conn.execute(
             select(tables.messages).where(tables.messages.c.state.not_in(FINAL_STATES))
         ):
-            message = Message.from_row(row)
-            self.live[message.message_id] = message
+            with _left_aside("message", row):
+                message = Message.from_row(row)
+                self.live[message.message_id] = message
 
     # -- users and keys -------------------------------------------------------------------------
 
@@ -244,10 +251,10 @@ class Engine:
         not_before = 0
         if options.not_before is not None:
             not_before = options.not_before * 1000
-            due = now + int(max(0, not_before - now) * self.scale)
+            due = later_ms(now, (not_before - now) / 1000, scale=self.scale)
         elif options.delay_seconds:
-            not_before = now + int(options.delay_seconds * 1000)
-            due = now + int(options.delay_seconds * 1000 * self.scale)
+            not_before = later_ms(now, options.delay_seconds)
+            due = later_ms(now, options.delay_seconds, scale=self.scale)
         self._check_plan(options, due - now)
         queue_name = queue_name or options.queue_name
         if queue_name is not None:
@@ -297,7 +304,7 @@ class Engine:
             prepared.ops.append(Insert(tables.messages, message.to_row()))
             prepared.ops.append(event_row(message, CREATED, created=True))
             if dedup_key is not None:
-                expires = now + int(self.settings.dedup_window_seconds * 1000 * self.scale)
+                expires = later_ms(now, self.settings.dedup_window_seconds, scale=self.scale)
                 self.dedup[(user.user_id, dedup_key)] = (message.message_id, expires)
                 prepared.dedup_keys.append((user.user_id, dedup_key))
                 prepared.ops.append(_dedup_op(user.user_id, dedup_key, message.message_id, expires))
@@ -357,6 +364,8 @@ class Engine:
             base = "content:" + digest.hexdigest()
         else:
             return None
+        if len(base) > 80:  # the key column holds 128 characters
+            base = "sha256:" + hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()
         # URL-group endpoints each keep their own copy.
         return base if url == destination else base + "|" + hashlib.sha1(url.encode()).hexdigest()
 
@@ -508,7 +517,7 @@ class Engine:
             # The callback reports the attempt that failed, so `retried` before counting it.
             callbacks = self._callbacks(message, outcome, ops)
             message.retried += 1
-            message.due_at = now_ms() + int(delay * 1000 * self.scale)
+            message.due_at = later_ms(now_ms(), delay, scale=self.scale)
             message.state = RETRY
             ops.append(event_row(message, ERROR, outcome=outcome))
             ops.append(event_row(message, RETRY, next_delivery=message.due_at))
@@ -548,19 +557,22 @@ class Engine:
                 self._drain(queue)
 
     def _retry_delay_seconds(self, message: Message, outcome: Outcome) -> float:
+        """The answer's Retry-After (up to a day), else the message's expression (capped at a
+        day), else the default backoff: always a finite number of seconds."""
         for name in RETRY_AFTER_HEADERS:
             value = outcome.header(name)
             if value is not None:
                 seconds = parse_retry_after(value, now=time.time())
-                if seconds is not None and seconds <= 86400:
+                if seconds is not None and seconds <= MAX_RETRY_DELAY_SECONDS:
                     return seconds
         if message.retry_delay_expression:
             try:
-                return (
-                    retry_delay_ms(message.retry_delay_expression, retried=message.retried) / 1000
-                )
-            except (BadRequest, ArithmeticError, ValueError, TypeError):
+                ms = retry_delay_ms(message.retry_delay_expression, retried=message.retried)
+            except BadRequest:  # checked at publish; stored before that check existed
                 pass
+            else:
+                if not math.isnan(ms):
+                    return bounded_retry_delay(ms / 1000)
         return default_backoff_seconds(message.retried)
 
     def _callbacks(
@@ -716,6 +728,21 @@ class Engine:
             )
 
         self.store.submit(Statement(run))
+
+
+@contextlib.contextmanager
+def _left_aside(what: str, row: Any) -> Iterator[None]:
+    """Log a stored row that cannot be loaded instead of failing start-up."""
+    try:
+        yield
+    except Exception:
+        key = getattr(row, "message_id", None) or getattr(row, "name", None) or "?"
+        log.exception(
+            "stored %s %s cannot be loaded; left aside",
+            what,
+            key,
+            extra={"action": "row_left_aside"},
+        )
 
 
 def _dedup_op(user_id: str, key: str, message_id: str, expires: int) -> Replace:

@@ -12,7 +12,7 @@ from jobsvc.localqstash.durations import FlowControl
 from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.errors import BadRequest
 from jobsvc.localqstash.filters import conditions, page, values
-from jobsvc.localqstash.messages import flow_control_fields
+from jobsvc.localqstash.messages import flow_control_fields, split_labels
 from jobsvc.localqstash.users import User
 
 MAX_PAGE = 1000
@@ -34,7 +34,8 @@ def event_json(row: Row[Any]) -> dict[str, Any]:
         "topicName": row.topic_name,
         "queueName": row.queue_name,
         "scheduleId": row.schedule_id,
-        "label": row.label,
+        "label": split_labels(row.label)[0] if row.label else None,
+        "labels": split_labels(row.label) or None,
         "callerIp": row.caller_ip,
         "endpointName": data.get("endpointName"),
         "header": data.get("header"),

@@ -31,23 +31,58 @@ def values(params: Mapping[str, Sequence[str]], name: str) -> list[str]:
     return out
 
 
+# What every filtered endpoint also reads.
+COMMON = frozenset({"host", "path", "fromDate", "toDate", "count", "cursor", "qstash_token"})
+
+
+def check_known(params: Mapping[str, Sequence[str]], known: frozenset[str]) -> None:
+    """Refuse an unknown parameter: on a bulk delete, cancel or retry, a misspelt filter that
+    were ignored would widen the action to everything."""
+    unknown = sorted(name for name in params if name not in known)
+    if unknown:
+        shown = ", ".join(repr(name[:50]) for name in unknown[:5])
+        raise BadRequest(f"unknown query parameter {shown}; known: {', '.join(sorted(known))}")
+
+
+def _label_is(column: ColumnElement[str], label: str) -> ColumnElement[bool]:
+    # The column holds every label of a message comma-separated; labels hold no comma.
+    return or_(
+        column == label,
+        column.startswith(label + ",", autoescape=True),
+        column.endswith("," + label, autoescape=True),
+        column.contains("," + label + ",", autoescape=True),
+    )
+
+
+def time_bounds(params: Mapping[str, Sequence[str]]) -> tuple[int | None, int | None]:
+    """``fromDate`` and ``toDate`` (ms), None when absent."""
+    return (
+        _int(params, "fromDate") if params.get("fromDate") else None,
+        _int(params, "toDate") if params.get("toDate") else None,
+    )
+
+
 def conditions(table: Table, params: Mapping[str, Sequence[str]]) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     for name, column in COLUMNS.items():
         if column not in table.c:
             continue
         wanted = values(params, name)
-        if wanted:
+        if wanted and column == "label":
+            where.append(or_(*(_label_is(table.c.label, v) for v in wanted)))
+        elif wanted:
             where.append(or_(*(table.c[column] == v for v in wanted)))
     for name in ("host", "path"):
-        for value in values(params, name):
-            needle = f"://{value}" if name == "host" else value
-            where.append(table.c.url.contains(needle, autoescape=True))
+        wanted = values(params, name)
+        if wanted:
+            needles = [f"://{v}" if name == "host" else v for v in wanted]
+            where.append(or_(*(table.c.url.contains(n, autoescape=True) for n in needles)))
     time_column = table.c.time if "time" in table.c else table.c.created_at
-    if params.get("fromDate"):
-        where.append(time_column >= _int(params, "fromDate"))
-    if params.get("toDate"):
-        where.append(time_column <= _int(params, "toDate"))
+    since, until = time_bounds(params)
+    if since is not None:
+        where.append(time_column >= since)
+    if until is not None:
+        where.append(time_column <= until)
     return where
 
 
@@ -64,8 +99,5 @@ def page(
         count = min(maximum, parse_int(params["count"][0], name="count", minimum=1))
     cursor: int | None = None
     if params.get("cursor") and params["cursor"][0]:
-        try:
-            cursor = int(params["cursor"][0])
-        except ValueError:
-            raise BadRequest(f"invalid cursor: {params['cursor'][0]!r}") from None
+        cursor = parse_int(params["cursor"][0], name="cursor")
     return count, cursor

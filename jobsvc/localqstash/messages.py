@@ -68,7 +68,13 @@ class Message:
 
     @property
     def label(self) -> str | None:
-        return ",".join(self.labels) if self.labels else None
+        """The first label: QStash's ``label`` field (``labels`` holds them all)."""
+        return self.labels[0] if self.labels else None
+
+    @property
+    def label_column(self) -> str | None:
+        """Every label in the one ``label`` column the filters search: ``a,b``."""
+        return join_labels(self.labels)
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -87,7 +93,7 @@ class Message:
             "topic_name": self.topic_name,
             "schedule_id": self.schedule_id,
             "flow_control_key": fc.key if fc else None,
-            "label": self.label,
+            "label": self.label_column,
             "caller_ip": self.caller_ip,
             "body": self.body,
             "data": {
@@ -189,10 +195,20 @@ def flow_control_fields(fc: FlowControl) -> dict[str, Any]:
     return out
 
 
+def join_labels(labels: list[str]) -> str | None:
+    return ",".join(labels) if labels else None
+
+
+def split_labels(column: str | None) -> list[str]:
+    return [label for label in (column or "").split(",") if label]
+
+
 def body_fields(body: bytes, *, redact: bool = False) -> dict[str, str]:
-    """``body`` when it is UTF-8 text, ``bodyBase64`` otherwise."""
+    """``body`` when it is UTF-8 text, ``bodyBase64`` otherwise, neither when there is none."""
     if redact:
         return {"body": "REDACTED"}
+    if not body:
+        return {}
     try:
         return {"body": body.decode("utf-8")}
     except UnicodeDecodeError:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from jobsvc.localqstash.durations import (
+    MAX_TIME_MS,
     FlowControl,
     check_retry_delay_expression,
     parse_bool,
@@ -20,6 +21,8 @@ from jobsvc.localqstash.messages import Headers
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_RETRIES = 100
+MAX_LABELS_LENGTH = 256  # every label, comma-separated, as the label column holds them
+MAX_CRON_LENGTH = 256
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
 # Headers a client sends about its own connection; never forwarded.
 _NOT_FORWARDED = frozenset(
@@ -110,7 +113,7 @@ def parse_options(pairs: Iterable[tuple[str, str]], *, schedule: bool = False) -
     if (value := upstash.get("upstash-not-before")) is not None:
         if schedule:
             raise BadRequest("Upstash-Not-Before is not allowed on schedules")
-        opts.not_before = parse_int(value, name="Upstash-Not-Before")
+        opts.not_before = parse_int(value, name="Upstash-Not-Before", maximum=MAX_TIME_MS // 1000)
     if (value := upstash.get("upstash-retries")) is not None:
         opts.retries = parse_int(value, name="Upstash-Retries", maximum=MAX_RETRIES)
     if (value := upstash.get("upstash-retry-delay")) is not None:
@@ -126,8 +129,7 @@ def parse_options(pairs: Iterable[tuple[str, str]], *, schedule: bool = False) -
         elif lower.startswith("upstash-callback-"):
             opts.callback_headers[canonical(lower)] = [raw]
     for config in (opts.callback_headers, opts.failure_callback_headers):
-        if any(n.endswith("-Delay") and "-Retry-" not in n for n in config):
-            raise BadRequest("callbacks cannot be delayed")
+        _check_callback_config(config)
     if (value := upstash.get("upstash-timeout")) is not None:
         opts.timeout_seconds = parse_duration(value, name="Upstash-Timeout")
         if opts.timeout_seconds <= 0:
@@ -149,6 +151,8 @@ def parse_options(pairs: Iterable[tuple[str, str]], *, schedule: bool = False) -
         raise BadRequest("Upstash-Flow-Control-Value needs Upstash-Flow-Control-Key")
     if (value := upstash.get("upstash-label")) is not None:
         opts.labels = [label.strip() for label in value.split(",") if label.strip()]
+        if len(",".join(opts.labels)) > MAX_LABELS_LENGTH:
+            raise BadRequest(f"invalid Upstash-Label: longer than {MAX_LABELS_LENGTH} characters")
     if (value := upstash.get("upstash-redact-fields")) is not None:
         opts.redact = [part.strip() for part in value.split(",") if part.strip()]
         for part in opts.redact:
@@ -163,14 +167,34 @@ def parse_options(pairs: Iterable[tuple[str, str]], *, schedule: bool = False) -
         if cron is None or not cron.strip():
             raise BadRequest("Upstash-Cron header is required to create a schedule")
         opts.cron = cron.strip()
+        if len(opts.cron) > MAX_CRON_LENGTH:
+            raise BadRequest(f"invalid Upstash-Cron: longer than {MAX_CRON_LENGTH} characters")
         if (value := upstash.get("upstash-schedule-id")) is not None:
             opts.schedule_id = check_name(value.strip(), what="schedule id")
     return opts
 
 
+def _check_callback_config(config: Headers) -> None:
+    """The callback's own settings are checked like the message's: a callback is sent long
+    after the publish was answered, too late to refuse them."""
+    for name, (raw, *_) in config.items():
+        setting = name.removeprefix("Upstash-Failure-Callback-").removeprefix("Upstash-Callback-")
+        if setting == "Delay":
+            raise BadRequest("callbacks cannot be delayed")
+        if setting == "Retries":
+            parse_int(raw, name=name, maximum=MAX_RETRIES)
+        elif setting == "Retry-Delay":
+            check_retry_delay_expression(raw)
+        elif setting == "Timeout":
+            if parse_duration(raw, name=name) <= 0:
+                raise BadRequest(f"invalid {name}: must be positive")
+        elif setting == "Method" and raw.strip().upper() not in METHODS:
+            raise BadRequest(f"invalid {name}: {raw[:100]!r}")
+
+
 def check_name(value: str, *, what: str) -> str:
     if not NAME.match(value):
-        raise BadRequest(f"invalid {what}: {value!r}, use letters, digits, '-', '_' and '.'")
+        raise BadRequest(f"invalid {what}: {value[:100]!r}, use letters, digits, '-', '_' and '.'")
     return value
 
 

@@ -8,14 +8,12 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from sqlalchemy import Connection, delete, select
 
 from jobsvc.localqstash import tables
+from jobsvc.localqstash.cron import next_fire_time, parse_cron
 from jobsvc.localqstash.durations import FlowControl
 from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.errors import BadRequest, NotFound
@@ -33,29 +31,6 @@ from jobsvc.localqstash.users import User
 
 log = logging.getLogger("jobsvc.localqstash.schedules")
 MAX_LAST_STATES = 10
-
-
-def parse_cron(expression: str) -> tuple[str, ZoneInfo]:
-    """Split ``CRON_TZ=<IANA zone> <5 fields>``; UTC without the prefix. ``BadRequest`` if bad."""
-    text = expression.strip()
-    zone = ZoneInfo("UTC")
-    if text.startswith("CRON_TZ="):
-        name, _, text = text[len("CRON_TZ=") :].partition(" ")
-        try:
-            zone = ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise BadRequest(f"invalid cron time zone: {name!r}") from None
-        text = text.strip()
-    if len(text.split()) != 5 or not croniter.is_valid(text):
-        raise BadRequest(f"invalid cron expression: {expression!r}, expected 5 fields")
-    return text, zone
-
-
-def next_fire_time(expression: str, after: float) -> float:
-    """The first time (unix seconds) strictly after ``after`` that ``expression`` names."""
-    cron, zone = parse_cron(expression)
-    start = datetime.fromtimestamp(after, zone)
-    return float(croniter(cron, start).get_next(float))
 
 
 @dataclass(kw_only=True)
@@ -132,7 +107,7 @@ class Schedule:
             "timeout": int(o["timeout"]) if o.get("timeout") else None,
             "queueName": o.get("queueName"),
             "retryDelayExpression": o.get("retryDelayExpression"),
-            "label": ",".join(o["labels"]) if o.get("labels") else None,
+            "label": o["labels"][0] if o.get("labels") else None,
             "labels": o.get("labels") or None,
             "lastScheduleTime": self.last_schedule_time,
             "nextScheduleTime": next_schedule_time,
@@ -160,19 +135,30 @@ class Scheduler:
             lambda conn: conn.execute(select(tables.schedules)).fetchall()
         )
         for row in rows:
-            schedule = Schedule(
-                schedule_id=row.schedule_id,
-                user_id=row.user_id,
-                cron=row.cron,
-                destination=row.destination,
-                body=bytes(row.body),
-                options=row.data,
-                created_at=row.created_at,
-                paused=row.paused,
-                last_schedule_time=row.last_schedule_time,
-                last_states=row.last_states or {},
-            )
-            self._arm(schedule)
+            # One unreadable row (a cron that never fires, stored by an older version) is left
+            # aside: the others are served.
+            try:
+                schedule = Schedule(
+                    schedule_id=row.schedule_id,
+                    user_id=row.user_id,
+                    cron=row.cron,
+                    destination=row.destination,
+                    body=bytes(row.body),
+                    options=row.data,
+                    created_at=row.created_at,
+                    paused=row.paused,
+                    last_schedule_time=row.last_schedule_time,
+                    last_states=row.last_states or {},
+                )
+                schedule.rebuild_options()
+                self._arm(schedule)
+            except Exception:
+                self.schedules.pop(row.schedule_id, None)
+                log.exception(
+                    "stored schedule %s cannot be armed; left aside",
+                    row.schedule_id,
+                    extra={"action": "schedule_left_aside"},
+                )
         self._task = asyncio.create_task(self._loop(), name="qstash-schedules")
 
     async def close(self) -> None:
@@ -214,7 +200,15 @@ class Scheduler:
                             extra={"action": "schedule_fire_failed"},
                         )
                 if self.schedules.get(schedule_id) is schedule:
-                    self._arm(schedule, fired=True)
+                    try:
+                        self._arm(schedule, fired=True)
+                    except BadRequest:  # fires no more: nothing to wait for
+                        self.schedules.pop(schedule_id, None)
+                        log.warning(
+                            "schedule %s fires no more",
+                            schedule_id,
+                            extra={"action": "schedule_exhausted"},
+                        )
             self._wake.clear()
             timeout = self._heap[0][0] - now if self._heap else None
             with contextlib.suppress(TimeoutError):

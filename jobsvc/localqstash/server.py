@@ -17,7 +17,7 @@ from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.schedules import Scheduler
 from jobsvc.localqstash.settings import LocalQStashSettings
 from jobsvc.localqstash.store import Store
-from jobsvc.localqstash.users import User, users_for
+from jobsvc.localqstash.users import DEV_USERS, User, users_for
 
 log = logging.getLogger("jobsvc.localqstash")
 
@@ -144,7 +144,22 @@ def serve_in_thread(settings: LocalQStashSettings) -> Iterator[LocalQStashServer
 
 
 def banner(server: LocalQStashServer) -> str:
+    """Where the server listens and the variables for the SDKs. A token or key is printed only
+    when it is one of the published development credentials: configured ones (and keys rotated
+    since) are secrets, and logs and terminals are not the place for them."""
+    published = {
+        value
+        for user in DEV_USERS
+        for value in (user.token, user.current_signing_key, user.next_signing_key)
+    }
+    hidden = {
+        "QSTASH_TOKEN": "<the configured token>",
+        "QSTASH_CURRENT_SIGNING_KEY": "<not shown; GET /v2/keys answers it>",
+        "QSTASH_NEXT_SIGNING_KEY": "<not shown; GET /v2/keys answers it>",
+    }
     lines = [f"jobsvc local QStash server is running at {server.url}"]
     lines.append("Point the official SDKs at it with:")
-    lines += [f"{name}={value}" for name, value in server.env().items()]
+    for name, value in server.env().items():
+        shown = value if name == "QSTASH_URL" or value in published else hidden[name]
+        lines.append(f"{name}={shown}")
     return "\n".join(lines)

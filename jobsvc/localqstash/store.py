@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Delete, Engine, Table, bindparam, create_engine, delete, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from jobsvc.localqstash import schema
@@ -72,6 +71,8 @@ class Statement:
 
 Op = Insert | Replace | Update | Statement
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+# The writes of one call, committed all together or not at all, and who waits for them.
+_Group = tuple[tuple[Op, ...], _Waiter | None]
 
 
 def create_store_engine(url: str) -> Engine:
@@ -100,7 +101,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = create_store_engine(url)
-        self._ops: queue.SimpleQueue[tuple[Op | None, _Waiter | None]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def open(self) -> None:
@@ -112,23 +113,21 @@ class Store:
     def close(self) -> None:
         """Commit what is queued, stop the writer and release connections."""
         if self._thread is not None:
-            self._ops.put((None, None))
+            self._queue.put(None)
             self._thread.join()
             self._thread = None
         self.engine.dispose()
 
     def submit(self, *ops: Op) -> None:
         """Queue writes without waiting for their commit (the delivery path's bookkeeping)."""
-        for op in ops:
-            self._ops.put((op, None))
+        if ops:
+            self._queue.put((ops, None))
 
     async def write(self, *ops: Op) -> None:
         """Queue writes and wait until they are committed together; ``StoreError`` if not."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        for op in ops[:-1]:
-            self._ops.put((op, None))
-        self._ops.put((ops[-1], (loop, future)))
+        self._queue.put((ops, (loop, future)))
         await future
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
@@ -144,34 +143,50 @@ class Store:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[tuple[Op, _Waiter | None]] = []
-            op, waiter = self._ops.get()
-            if op is None:
+            group = self._queue.get()
+            if group is None:
                 break
-            batch.append((op, waiter))
-            while len(batch) < MAX_BATCH:
+            batch = [group]
+            size = len(group[0])
+            while size < MAX_BATCH:
                 try:
-                    op, waiter = self._ops.get_nowait()
+                    group = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if op is None:
+                if group is None:
                     stopping = True
                     break
-                batch.append((op, waiter))
-            self._commit(batch)
+                batch.append(group)
+                size += len(group[0])
+            try:
+                self._commit(batch)
+            except (
+                BaseException
+            ) as exc:  # the one writer must not die: every later write would hang
+                log.exception("write batch failed", extra={"action": "store_write_failed"})
+                _resolve(batch, StoreError(f"{type(exc).__name__}: {exc}"[:300]))
+                if not isinstance(exc, Exception):
+                    raise
 
-    def _commit(self, batch: Sequence[tuple[Op, _Waiter | None]]) -> None:
+    def _commit(self, batch: Sequence[_Group]) -> None:
         try:
             with self.engine.begin() as conn:
-                _execute(conn, [op for op, _ in batch])
-        except SQLAlchemyError as exc:
+                _execute(conn, [op for ops, _ in batch for op in ops])
+        # Not only SQLAlchemyError: a driver raises OverflowError for an out-of-range integer,
+        # and a Statement may raise anything. Such a write fails alone, all of it.
+        except Exception as exc:
             if len(batch) == 1:
-                log.error("write failed: %s", exc, extra={"action": "store_write_failed"})
-                _resolve(batch, StoreError(str(exc)))
+                log.error(
+                    "write failed: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "store_write_failed"},
+                )
+                _resolve(batch, StoreError(str(exc)[:300]))
                 return
             # Isolate the failing write so the others still commit.
-            for item in batch:
-                self._commit([item])
+            for group in batch:
+                self._commit([group])
             return
         _resolve(batch, None)
 
@@ -236,7 +251,7 @@ def _delete_by_key(table: Table, key_columns: tuple[str, ...]) -> Delete:
     )
 
 
-def _resolve(batch: Sequence[tuple[Op, _Waiter | None]], error: Exception | None) -> None:
+def _resolve(batch: Sequence[_Group], error: Exception | None) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for _, waiter in batch:
         if waiter is not None:
