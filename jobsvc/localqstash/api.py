@@ -121,6 +121,12 @@ class Api:
             except StoreError:
                 return _error(503, "storage unavailable, try again")
             except ClientDisconnect:  # nobody reads the answer; nothing was accepted
+                log.info(
+                    "client went away during %s %s",
+                    request.method,
+                    path,
+                    extra={"action": "client_disconnected"},
+                )
                 return _error(400, "client disconnected before the request was read")
             except Exception:
                 log.exception(
