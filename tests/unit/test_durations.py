@@ -3,7 +3,11 @@ import math
 import pytest
 
 from jobsvc.localqstash.durations import (
+    MAX_TIME_MS,
+    bounded_retry_delay,
+    check_retry_delay_expression,
     default_backoff_seconds,
+    later_ms,
     parse_bool,
     parse_duration,
     parse_flow_control,
@@ -77,3 +81,37 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after(str(int(now) + 45), now=now) == 45
     assert parse_retry_after("Tue, 14 Nov 2023 22:14:20 GMT", now=now) == pytest.approx(60)
     assert parse_retry_after("soon", now=now) is None
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "1+" * 50_000 + "1",  # 100,000 characters
+        "-" * 100_000 + "1",  # nested deeper than the parser recurses
+        "(" * 300 + "1" + ")" * 300,
+        "1e308*10",  # infinity
+        "1e308*10 - 1e308*10",  # not a number
+        "exp(1e6)",
+        "1" * 5000,
+    ],
+)
+def test_retry_delays_that_cannot_be_honoured_are_bad_requests(expression: str) -> None:
+    with pytest.raises(BadRequest):
+        check_retry_delay_expression(expression)
+
+
+def test_every_computed_time_is_bounded() -> None:
+    now = 1_700_000_000_000
+    assert later_ms(now, 1e300) == MAX_TIME_MS
+    assert later_ms(now, math.inf) == MAX_TIME_MS
+    assert later_ms(now, math.nan) == now
+    assert later_ms(now, -5) == now
+    assert later_ms(now, 12, scale=0.5) == now + 6000
+    assert bounded_retry_delay(1e61) == 86400
+    assert bounded_retry_delay(math.nan) == 0
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "9" * 400 + "s", "99999999d", "1" * 100])
+def test_durations_beyond_a_century_are_bad_requests(text: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_duration(text, name="Upstash-Delay")

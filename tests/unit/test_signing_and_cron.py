@@ -7,6 +7,7 @@ import pytest
 from qstash import Receiver
 from qstash.errors import SignatureError
 
+from jobsvc.localqstash.cron import load_zone, never_fires
 from jobsvc.localqstash.errors import BadRequest
 from jobsvc.localqstash.schedules import next_fire_time, parse_cron
 from jobsvc.localqstash.signing import new_signing_key, sign
@@ -52,8 +53,30 @@ def test_cron_in_utc_and_with_time_zone() -> None:
 
 
 @pytest.mark.parametrize(
-    "cron", ["", "* * * *", "61 * * * *", "* * * * * *", "CRON_TZ=Mars/Base 0 9 * * *"]
+    "cron",
+    [
+        "",
+        "* * * *",
+        "61 * * * *",
+        "* * * * * *",
+        "CRON_TZ=Mars/Base 0 9 * * *",
+        "0 0 31 2 *",  # February never has a 31st
+        "0 0 30 2 *",
+        "CRON_TZ=America 0 9 * * *",  # a directory of zones, not a zone
+        "CRON_TZ=" + "A" * 300 + " 0 9 * * *",
+        "CRON_TZ=../../etc/passwd 0 9 * * *",
+    ],
 )
 def test_bad_cron_expressions(cron: str) -> None:
     with pytest.raises(BadRequest):
         parse_cron(cron)
+
+
+def test_whether_a_cron_ever_fires_is_answered_without_raising() -> None:
+    assert never_fires("0 0 31 2 *")
+    assert never_fires("0 0 31 4,6,9,11 *", ZoneInfo("Europe/Berlin"))
+    assert not never_fires("0 0 29 2 *")  # a leap day comes every four years
+    assert not never_fires("0 0 31 2 1")  # day of month or day of week: Mondays in February
+    assert load_zone("America") is None
+    assert load_zone("A" * 300) is None
+    assert load_zone("Europe/Berlin") == ZoneInfo("Europe/Berlin")
