@@ -18,7 +18,7 @@ import logging
 import math
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
@@ -117,6 +117,17 @@ class Deliveries:
         except JobServiceError:
             return False
         return True
+
+    async def spend_token(self, token_id: str, usable_until: datetime) -> bool:
+        """Record that the delivery's signature token ``token_id`` (valid until
+        ``usable_until``) is used now; False if it was used before: a replay, refused before
+        anything else is written. QStash signs every attempt anew, so its retries pass.
+
+        Its own statement, not part of the claim's: a delivery whose claim is refused, one
+        that writes nothing (a duplicate), a cron firing (its row is inserted before the
+        claim) and the failure callback all need their token spent as well, and first.
+        StorageUnavailable if the job log cannot be reached."""
+        return await asyncio.to_thread(self._job_log.tokens.spend, token_id, usable_until)
 
     async def handle(
         self,
