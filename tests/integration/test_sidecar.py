@@ -193,6 +193,7 @@ def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
             handler_timeout: timedelta = timedelta(seconds=5),
             readiness: Callable[[], Any] | None = None,
             log: JobLog = job_log,
+            max_body_bytes: int | None = None,
         ) -> Sidecar:
             keys = keys or (new_signing_key(), new_signing_key())
             deliveries = Deliveries(
@@ -204,7 +205,10 @@ def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
 
             def build(url: str) -> Any:
                 verifier = SignatureVerifier(keys[0], keys[1], public_url=url)
-                return build_app(deliveries=deliveries, verifier=verifier, readiness=readiness)
+                limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
+                return build_app(
+                    deliveries=deliveries, verifier=verifier, readiness=readiness, **limits
+                )
 
             server = stack.enter_context(SidecarServer(build))
             return Sidecar(url=server.url, keys=keys, http=http)
