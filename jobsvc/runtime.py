@@ -224,7 +224,11 @@ async def running(
         if sidecar:
             current, nxt = _signing_keys(settings, broker)
             verifier = SignatureVerifier(current, nxt, public_url=settings.sidecar_url)
-            app = build_app(deliveries=deliveries, verifier=verifier)
+            app = build_app(
+                deliveries=deliveries,
+                verifier=verifier,
+                max_body_bytes=settings.sidecar_max_body_bytes,
+            )
             parts.sidecar = AsgiServer(app, host=settings.sidecar_host, port=settings.sidecar_port)
             await parts.sidecar.start()
         if rpc:

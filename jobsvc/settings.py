@@ -15,6 +15,7 @@ from enum import StrEnum
 from jobsvc.adapters.settings import AdapterSettings
 from jobsvc.environment import Environment
 from jobsvc.localqstash.settings import LocalQStashSettings
+from jobsvc.webhooks.bodies import DEFAULT_MAX_BODY_BYTES
 
 
 class BrokerKind(StrEnum):
@@ -38,6 +39,8 @@ class Settings:
     # The sidecar's URL as QStash calls it (behind a proxy: the proxy's); None derives it from
     # the sidecar's own address.
     public_url: str | None = None
+    # Larger request bodies are refused (413) before they are read to their end.
+    sidecar_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     qstash_url: str | None = None
     qstash_token: str | None = None
     qstash_current_signing_key: str | None = None
@@ -80,6 +83,9 @@ class Settings:
             sidecar_host=get("JOBSVC_SIDECAR_HOST") or cls.sidecar_host,
             sidecar_port=int(number("JOBSVC_SIDECAR_PORT", cls.sidecar_port)),
             public_url=get("JOBSVC_PUBLIC_URL"),
+            sidecar_max_body_bytes=int(
+                number("JOBSVC_SIDECAR_MAX_BODY_BYTES", cls.sidecar_max_body_bytes)
+            ),
             qstash_url=get("QSTASH_URL"),
             qstash_token=get("QSTASH_TOKEN"),
             qstash_current_signing_key=get("QSTASH_CURRENT_SIGNING_KEY"),
@@ -126,6 +132,8 @@ class Settings:
             ]
             if missing:
                 raise ValueError(f"JOBSVC_BROKER=qstash needs {', '.join(missing)}")
+        if self.sidecar_max_body_bytes <= 0:
+            raise ValueError("JOBSVC_SIDECAR_MAX_BODY_BYTES must be positive")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("JOBSVC_TLS_CERT_FILE and JOBSVC_TLS_KEY_FILE go together")
         if self.handler_timeout <= timedelta(0):

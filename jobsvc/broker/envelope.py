@@ -5,9 +5,11 @@ One JSON object, the same for all brokers::
     {"version": 1, "jobId": "<uuid>", "type": "crm-match", "payload": {...}, "timeoutSeconds": 30}
 
 ``jobId`` is absent in the body of a cron schedule: that body is fixed while every firing is a
-job of its own, so the sidecar creates the job row when the firing arrives. ``type`` repeats the
-job type of the URL so a body can never run under another type's handler. ``timeoutSeconds``
-(optional) bounds one handler run.
+job of its own, so the sidecar creates the job row when the firing arrives. A schedule's body
+names its schedule instead (``"scheduleId": "<id>"``): being signed, unlike QStash's
+``Upstash-Schedule-Id`` header, it is what the sidecar attaches the firing to. ``type`` repeats
+the job type of the URL so a body can never run under another type's handler.
+``timeoutSeconds`` (optional) bounds one handler run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jobsvc.jobs import JobType
 ENVELOPE_VERSION = 1
 _JOB_TYPES = frozenset(t.value for t in JobType)
 CONTENT_TYPE = "application/json"
+MAX_SCHEDULE_ID_LENGTH = 256
 
 
 class InvalidEnvelope(ValueError):
@@ -33,18 +36,26 @@ class InvalidEnvelope(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Envelope:
-    """A job as it travels through the broker: its type, payload and (unless it is a cron
-    schedule's body) the id of its row in the job log."""
+    """A job as it travels through the broker: its type, payload and the id of its row in
+    the job log; or, as a cron schedule's body, no job id and the id of its schedule (None in
+    the bodies of schedules created before schedules named themselves)."""
 
     job_type: JobType
     payload: dict[str, Any]
     job_id: uuid.UUID | None = None
     timeout: timedelta | None = None
+    schedule_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_id is not None and self.schedule_id is not None:
+            raise ValueError("a job's envelope names no schedule")
 
     def encode(self) -> bytes:
         document: dict[str, Any] = {"version": ENVELOPE_VERSION}
         if self.job_id is not None:
             document["jobId"] = str(self.job_id)
+        if self.schedule_id is not None:
+            document["scheduleId"] = self.schedule_id
         document["type"] = self.job_type.value
         document["payload"] = self.payload
         if self.timeout is not None:
@@ -86,4 +97,19 @@ class Envelope:
             ):
                 raise InvalidEnvelope(f"timeoutSeconds {seconds!r} is not a positive number")
             timeout = timedelta(seconds=seconds)
-        return cls(job_type=job_type, payload=payload, job_id=job_id, timeout=timeout)
+        schedule_id = document.get("scheduleId")
+        if "scheduleId" in document and (
+            not isinstance(schedule_id, str)
+            or not 0 < len(schedule_id) <= MAX_SCHEDULE_ID_LENGTH
+            or job_id is not None
+        ):
+            raise InvalidEnvelope(
+                f"scheduleId {schedule_id!r} is not a schedule id, or comes with a jobId"
+            )
+        return cls(
+            job_type=job_type,
+            payload=payload,
+            job_id=job_id,
+            timeout=timeout,
+            schedule_id=schedule_id,
+        )

@@ -31,6 +31,7 @@ from jobsvc.db.progress import ProgressLog
 from jobsvc.db.rows import attempt_values, job_values
 from jobsvc.db.schedules import Schedules
 from jobsvc.db.tables import job_attempts, job_logs
+from jobsvc.db.tokens import DeliveryTokens
 from jobsvc.db.transitions import Transitions
 from jobsvc.errors import JobNotFound, StorageUnavailable
 from jobsvc.jobs import Job, JobState, JobType
@@ -46,7 +47,8 @@ class JobLog(Transitions):
 
     Inserts, reads and the outbox are here; the guarded state transitions are in
     :class:`~jobsvc.db.transitions.Transitions`; ``schedules`` holds the recurring jobs and
-    ``progress`` the notes handlers leave for a job's later attempts.
+    ``progress`` the notes handlers leave for a job's later attempts; ``tokens`` the delivery
+    tokens the sidecar has accepted.
     ``clock`` gives "now" for every time the log records (tests pass their own).
     """
 
@@ -63,6 +65,7 @@ class JobLog(Transitions):
         )
         self.schedules = Schedules(engine, clock=clock)
         self.progress = ProgressLog(engine, clock=clock)
+        self.tokens = DeliveryTokens(engine, clock=clock)
 
     # -- writing jobs ----------------------------------------------------------------------
 

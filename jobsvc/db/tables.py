@@ -173,3 +173,13 @@ job_progress = Table(
     Column("recorded_at", UtcDateTime, nullable=False),
     PrimaryKeyConstraint("job_id", "key"),
 )
+
+# The tokens (``jti``) of the deliveries the sidecar accepted, kept until they expire: a token is
+# used once, whichever sidecar replica it reaches.
+job_delivery_tokens = Table(
+    "job_delivery_tokens",
+    metadata,
+    Column("jti", String(128), primary_key=True),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+Index(None, job_delivery_tokens.c.expires_at)

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
@@ -118,6 +119,17 @@ class Deliveries:
             return False
         return True
 
+    async def spend_token(self, token_id: str, usable_until: datetime) -> bool:
+        """Record that the delivery's signature token ``token_id`` (valid until
+        ``usable_until``) is used now; False if it was used before: a replay, refused before
+        anything else is written. QStash signs every attempt anew, so its retries pass.
+
+        Its own statement, not part of the claim's: a delivery whose claim is refused, one
+        that writes nothing (a duplicate), a cron firing (its row is inserted before the
+        claim) and the failure callback all need their token spent as well, and first.
+        StorageUnavailable if the job log cannot be reached."""
+        return await asyncio.to_thread(self._job_log.tokens.spend, token_id, usable_until)
+
     async def handle(
         self,
         job_type_wire: str,
@@ -139,8 +151,14 @@ class Deliveries:
 
         A body without ``jobId`` is a cron firing: its job row is created first, with the id
         ``firing_job_id(message_id)`` and the deduplication id ``qstash:<message_id>``, so a
-        redelivery of the same firing finds the same row. Its retries are the schedule's
-        (looked up by ``schedule_id``, default 3), at least ``retried``.
+        redelivery of the same firing finds the same row. Its schedule is the one its (signed)
+        body names; ``schedule_id``, QStash's unsigned ``Upstash-Schedule-Id`` header, counts
+        only for a body from before schedules named themselves, and only if that schedule's
+        body is this one. Its retries are the schedule's (default 3), at least ``retried``.
+
+        ``message_id`` and ``retried`` come from unsigned headers: QStash signs neither. What
+        keeps a captured token from being replayed under another message id is that a token
+        is used once (``spend_token``, before this).
         """
         if not self.serves(job_type_wire):
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
@@ -155,7 +173,7 @@ class Deliveries:
             log.error("%s", message, extra={**extra, "action": "delivery_invalid"})
             return DeliveryResult.permanent("JOB_TYPE_MISMATCH", message, envelope.job_id)
         if envelope.job_id is None:
-            job_id = await self._record_firing(envelope, message_id, retried, schedule_id)
+            job_id = await self._record_firing(envelope, message_id, retried, schedule_id, extra)
         else:
             job_id = envelope.job_id
         extra["job_id"] = str(job_id)
@@ -266,16 +284,45 @@ class Deliveries:
         current = job.qstash_message_id
         return current is not None and current != report.source_message_id
 
+    async def _firing_schedule(
+        self, envelope: Envelope, header: str | None, extra: Mapping[str, object]
+    ) -> tuple[str | None, int]:
+        """The schedule a firing belongs to, and its retries."""
+        # The signed body names the schedule: the header is not read at all, so a header
+        # naming another schedule changes nothing (refusing it would gain nothing either: the
+        # token is genuine and is spent).
+        schedule_id = envelope.schedule_id or header
+        if schedule_id is None:
+            return None, DEFAULT_RETRIES
+        try:
+            schedule = await asyncio.to_thread(self._job_log.schedules.get, schedule_id)
+        except ScheduleNotFound:
+            # Deleted since, or (header only) created outside jobsvc: the default retries.
+            return envelope.schedule_id, DEFAULT_RETRIES
+        if envelope.schedule_id is None and (
+            schedule.type,
+            schedule.payload,
+            schedule.timeout,
+        ) != (envelope.job_type, envelope.payload, envelope.timeout):
+            # A schedule created before bodies named it: the header is believed only when the
+            # schedule it names was created with this very body.
+            log.warning(
+                "Upstash-Schedule-Id %r names a schedule with another body; ignored",
+                header,
+                extra={**extra, "action": "delivery_schedule_ignored"},
+            )
+            return None, DEFAULT_RETRIES
+        return schedule_id, schedule.retries
+
     async def _record_firing(
-        self, envelope: Envelope, message_id: str, retried: int, schedule_id: str | None
+        self,
+        envelope: Envelope,
+        message_id: str,
+        retried: int,
+        header: str | None,
+        extra: Mapping[str, object],
     ) -> uuid.UUID:
-        retries = DEFAULT_RETRIES
-        if schedule_id is not None:
-            try:
-                schedule = await asyncio.to_thread(self._job_log.schedules.get, schedule_id)
-                retries = schedule.retries
-            except ScheduleNotFound:
-                pass  # created outside jobsvc, or deleted since; the default it is
+        schedule_id, retries = await self._firing_schedule(envelope, header, extra)
         job = self._firing(
             envelope, message_id, schedule_id, max(retries, min(retried, MAX_RETRIES))
         )
@@ -304,7 +351,10 @@ class Deliveries:
         self, envelope: Envelope, report: FailureReport, error: str
     ) -> None:
         retries = min(report.max_retries or DEFAULT_RETRIES, MAX_RETRIES)
-        job = self._firing(envelope, report.source_message_id, report.schedule_id, retries)
+        # The body names its schedule (bodies from before that: the callback's own scheduleId,
+        # which is signed too).
+        schedule_id = envelope.schedule_id or report.schedule_id
+        job = self._firing(envelope, report.source_message_id, schedule_id, retries)
         job = replace(
             job,
             state=JobState.FAILED,

@@ -423,7 +423,10 @@ class JobService:
         schedule_id = schedule_id or f"sched_{uuid.uuid4().hex}"
         now = self.clock()
         envelope = Envelope(
-            job_type=payload.job_type, payload=payload.to_dict(), timeout=handler_timeout
+            job_type=payload.job_type,
+            payload=payload.to_dict(),
+            timeout=handler_timeout,
+            schedule_id=schedule_id,  # signed with the body: the sidecar's proof of the schedule
         )
         try:
             cron_schedule = CronSchedule(

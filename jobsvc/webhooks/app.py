@@ -6,9 +6,10 @@ Routes:
 - ``POST /api/jobs/_failed`` (the broker's failure-callback path): QStash gave up on a message.
 - ``GET /livez``: the process serves requests. ``GET /readyz``: the job log answers too.
 
-Every POST is verified first: the signature is checked on the raw body, for the URL QStash
-called, before anything is parsed or written; a bad one is answered 401 and nothing else
-happens. Endpoints raise; ``errors`` holds the one table that turns exceptions into answers.
+Every POST is verified first: the body is read up to a cap (413 beyond it), the signature is
+checked on the raw body, for the URL QStash called, and its token (``jti``) is spent, before
+anything is parsed or written; a bad or reused one is answered 401 and nothing else happens.
+Endpoints raise; ``errors`` holds the one table that turns exceptions into answers.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from starlette.routing import Route
 from jobsvc.broker import DEFAULT_FAILURE_CALLBACK_PATH
 from jobsvc.service.deliveries import Deliveries
 from jobsvc.webhooks.answers import answer, reply
+from jobsvc.webhooks.bodies import DEFAULT_MAX_BODY_BYTES, capped_body
 from jobsvc.webhooks.errors import MalformedDelivery, exception_handlers
-from jobsvc.webhooks.signature import SignatureVerifier
+from jobsvc.webhooks.signature import InvalidSignature, SignatureVerifier
 
 log = logging.getLogger("jobsvc.webhooks")
 
@@ -41,18 +43,24 @@ def build_app(
     readiness: Readiness | None = None,
     failure_callback_path: str = DEFAULT_FAILURE_CALLBACK_PATH,
     readiness_timeout_seconds: float = DEFAULT_READINESS_TIMEOUT_SECONDS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The sidecar for ``deliveries``, checking signatures with ``verifier``.
 
     ``readiness`` decides ``/readyz`` (default: ``deliveries.ready``, one cheap query of the
     job log); a check that raises or takes longer than ``readiness_timeout_seconds`` counts as
-    not ready. ``failure_callback_path`` must match the brokers' ``SidecarUrls``.
+    not ready. ``failure_callback_path`` must match the brokers' ``SidecarUrls``. A body
+    over ``max_body_bytes`` is answered 413 before it is read to its end.
     """
     check = readiness or deliveries.ready
 
     async def verified_body(request: Request) -> bytes:
-        body = await request.body()
-        verifier.verify(request.headers.get("Upstash-Signature"), body, _called_url(request))
+        body = await capped_body(request, max_body_bytes)
+        claims = verifier.verify(
+            request.headers.get("Upstash-Signature"), body, _called_url(request)
+        )
+        if not await deliveries.spend_token(claims.jwt_id, claims.usable_until):
+            raise InvalidSignature("TOKEN_REUSED", "this signature token has been used already")
         return body
 
     async def deliver(request: Request) -> Response:

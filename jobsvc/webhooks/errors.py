@@ -5,6 +5,7 @@ answer for QStash, whose status says whether to deliver again (see ``answers``):
 
 | exception                    | status | reason                                | QStash       |
 |------------------------------|--------|---------------------------------------|--------------|
+| ``BodyTooLarge``             | 413    | ``BODY_TOO_LARGE``                    | retries      |
 | ``InvalidSignature``         | 401    | its own (``BAD_SIGNATURE``, ...)      | retries      |
 | ``UnknownJobType``           | 404    | ``UNKNOWN_JOB_TYPE``                  | retries      |
 | ``MalformedDelivery``        | 489    | its own (``MISSING_MESSAGE_ID``, ...) | dead-letters |
@@ -15,7 +16,10 @@ answer for QStash, whose status says whether to deliver again (see ``answers``):
 | anything else                | 500    | ``INTERNAL`` (generic message)        | retries      |
 
 401 and 404 are retried on purpose: both mean a misconfiguration (signing keys, public URL,
-a sidecar older than the service) that an operator can fix before QStash gives up.
+a sidecar older than the service) that an operator can fix before QStash gives up. A reused
+token (``TOKEN_REUSED``) gets 401 too: QStash signs each attempt anew, so only a replay or a
+proxy re-sending a request reuses one, and a retry by QStash then comes with a fresh token
+(489 would dead-letter a job that a proxy's resend had only delayed).
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ class MalformedDelivery(Exception):
         self.message = message
 
 
+class BodyTooLarge(Exception):
+    """A body over the sidecar's cap, refused before its signature could be checked."""
+
+    reason = "BODY_TOO_LARGE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @dataclass(frozen=True)
 class _Answer:
     status: int
@@ -60,6 +74,7 @@ class _Answer:
 
 # The table: the most specific class of the exception picks its row.
 ANSWERS: Mapping[type[Exception], _Answer] = {
+    BodyTooLarge: _Answer(413, None, "body_too_large"),
     InvalidSignature: _Answer(401, None, "signature_rejected"),
     UnknownJobType: _Answer(404, None, "job_type_unknown"),
     MalformedDelivery: _Answer(NON_RETRYABLE_STATUS, None, "delivery_malformed", logging.ERROR),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,14 +24,26 @@ ISSUER = "Upstash"
 # ``nbf`` and ``iat`` are set to the signing time, so a receiver whose clock is a little behind
 # QStash's would reject fresh tokens without some tolerance.
 DEFAULT_CLOCK_TOLERANCE_SECONDS = 5.0
+# QStash's tokens live 5 minutes. A longer-lived one is refused: its ``jti`` would have to be
+# remembered for as long, and no real delivery needs it.
+MAX_TOKEN_LIFETIME_SECONDS = 3600.0
+# QStash's token ids are ``jwt_`` and some 28 characters; the job log keeps up to this many.
+MAX_TOKEN_ID_LENGTH = 128
+# QStash's tokens are some 400 characters; parsing a huge one (JSON nested thousands deep)
+# would only cost time and risk ``RecursionError``.
+MAX_TOKEN_LENGTH = 4096
+# The last second of year 9999: any time beyond cannot be a datetime.
+_LAST_INSTANT = 253402300799.0
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class InvalidSignature(Exception):
     """The delivery is not provably from QStash for this URL and body. ``reason`` is stable:
 
     ``MISSING_SIGNATURE``, ``MALFORMED_TOKEN``, ``BAD_SIGNATURE`` (neither key signed it),
-    ``WRONG_ISSUER``, ``MISSING_CLAIM``, ``EXPIRED``, ``NOT_YET_VALID``, ``WRONG_AUDIENCE``,
-    ``WRONG_SUBJECT`` (signed for another URL), ``BODY_MISMATCH``.
+    ``WRONG_ISSUER``, ``MISSING_CLAIM``, ``EXPIRED``, ``NOT_YET_VALID``, ``LIFETIME_TOO_LONG``
+    (expires more than an hour ahead), ``WRONG_AUDIENCE``, ``WRONG_SUBJECT`` (signed for another
+    URL), ``BODY_MISMATCH``; and, from the sidecar's token memory, ``TOKEN_REUSED``.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -48,8 +62,11 @@ class Claims:
     expires_at: datetime
     not_before: datetime
     issued_at: datetime | None
-    jwt_id: str | None
+    jwt_id: str
     key: Literal["current", "next"]
+    # Until when the token passes ``verify`` (its ``exp`` plus the clock tolerance): how long
+    # a token memory must remember ``jwt_id``.
+    usable_until: datetime
 
 
 class SignatureVerifier:
@@ -68,6 +85,7 @@ class SignatureVerifier:
         *,
         public_url: str | None,
         clock_tolerance_seconds: float = DEFAULT_CLOCK_TOLERANCE_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not current_key:
             raise ValueError("the current signing key must not be empty")
@@ -81,6 +99,7 @@ class SignatureVerifier:
         self._keys = tuple(keys)
         self._public_url = public_url.rstrip("/") if public_url is not None else None
         self._leeway = clock_tolerance_seconds
+        self._clock = clock
 
     def expected_subject(self, url: str) -> str:
         """The ``sub`` a delivery to ``url`` (as the request arrived) must carry."""
@@ -95,7 +114,15 @@ class SignatureVerifier:
         token = (signature_header or "").strip()
         if not token:
             raise InvalidSignature("MISSING_SIGNATURE", "no Upstash-Signature header")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidSignature("MALFORMED_TOKEN", f"longer than {MAX_TOKEN_LENGTH} characters")
         claims, key = self._decode(token)
+        times = self._check_times(claims)
+        jwt_id = claims["jti"]
+        if not isinstance(jwt_id, str) or not 0 < len(jwt_id) <= MAX_TOKEN_ID_LENGTH:
+            raise InvalidSignature(
+                "MALFORMED_TOKEN", f"jti is not a string of 1 to {MAX_TOKEN_ID_LENGTH} characters"
+            )
         subject = self.expected_subject(url)
         if claims["sub"] != subject:
             raise InvalidSignature(
@@ -111,12 +138,44 @@ class SignatureVerifier:
         return Claims(
             subject=claims["sub"],
             body_hash=signed_hash,
-            expires_at=_instant(claims["exp"]),
-            not_before=_instant(claims["nbf"]),
-            issued_at=_instant(claims["iat"]) if "iat" in claims else None,
-            jwt_id=str(claims["jti"]) if claims.get("jti") is not None else None,
+            expires_at=_instant(times["exp"]),
+            not_before=_instant(times["nbf"]),
+            issued_at=_instant(times["iat"]) if "iat" in times else None,
+            jwt_id=jwt_id,
             key=key,
+            usable_until=_instant(min(times["exp"] + self._leeway, _LAST_INSTANT)),
         )
+
+    def _check_times(self, claims: dict[str, Any]) -> dict[str, float]:
+        """``exp``, ``nbf`` and (if present) ``iat`` as numbers, judged against now. Done here
+        rather than by PyJWT, which lets a huge, infinite or string time through to whoever
+        turns it into a datetime."""
+        times: dict[str, float] = {}
+        for name in _TIME_CLAIMS:
+            if name not in claims:
+                continue
+            value = claims[name]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                # Compared before any float(): an int of 400 digits has none. NaN fails too.
+                or not 0 <= value <= _LAST_INSTANT
+            ):
+                raise InvalidSignature("MALFORMED_TOKEN", f"{name} is not a time in unix seconds")
+            times[name] = float(value)
+        now = self._clock()
+        if times["exp"] <= now - self._leeway:
+            raise InvalidSignature("EXPIRED", "the token has expired")
+        if times["nbf"] > now + self._leeway:
+            raise InvalidSignature("NOT_YET_VALID", "the token is not yet valid (nbf)")
+        if times.get("iat", 0.0) > now + self._leeway:
+            raise InvalidSignature("NOT_YET_VALID", "the token was issued in the future (iat)")
+        if times["exp"] > now + MAX_TOKEN_LIFETIME_SECONDS + self._leeway:
+            raise InvalidSignature(
+                "LIFETIME_TOO_LONG",
+                f"the token expires more than {MAX_TOKEN_LIFETIME_SECONDS:g} s from now",
+            )
+        return times
 
     def _decode(self, token: str) -> tuple[dict[str, Any], Literal["current", "next"]]:
         # Find the key whose HMAC matches first, then judge the claims once with it: trying the
@@ -128,26 +187,29 @@ class SignatureVerifier:
                     key,
                     algorithms=["HS256"],
                     issuer=ISSUER,
-                    leeway=self._leeway,
-                    options={"require": ["iss", "sub", "exp", "nbf", "body"]},
+                    options={
+                        "require": ["iss", "sub", "exp", "nbf", "body", "jti"],
+                        # The times are checked by ``_check_times``.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.ExpiredSignatureError as exc:
-                raise InvalidSignature("EXPIRED", str(exc)) from exc
-            except jwt.ImmatureSignatureError as exc:
-                raise InvalidSignature("NOT_YET_VALID", str(exc)) from exc
             except jwt.InvalidIssuerError as exc:
                 raise InvalidSignature("WRONG_ISSUER", str(exc)) from exc
             except jwt.MissingRequiredClaimError as exc:
                 raise InvalidSignature("MISSING_CLAIM", str(exc)) from exc
             except jwt.InvalidAudienceError as exc:
                 raise InvalidSignature("WRONG_AUDIENCE", str(exc)) from exc
-            except jwt.InvalidTokenError as exc:
+            except (jwt.InvalidTokenError, ValueError, TypeError, RecursionError) as exc:
+                # PyJWT parses the header before it checks anything; what it does not wrap
+                # (a header nested too deep for ``json``) is malformed all the same.
                 raise InvalidSignature("MALFORMED_TOKEN", f"{type(exc).__name__}: {exc}") from exc
             return claims, name
         raise InvalidSignature("BAD_SIGNATURE", "not signed with the current or the next key")
 
 
-def _instant(value: Any) -> datetime:
-    return datetime.fromtimestamp(float(value), UTC)
+def _instant(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -640,7 +640,11 @@ async def test_list_jobs_filters_on_several_states_and_types_and_a_schedule(stac
     ).job
     for job in (ok, bad, reminder):
         await stack.until(job.id, is_final, "the jobs to finish")
-    firing = Envelope(job_type=JobType.CRM_MATCH, payload={"listingId": "f", "agentId": "A"})
+    firing = Envelope(
+        job_type=JobType.CRM_MATCH,
+        payload={"listingId": "f", "agentId": "A"},
+        schedule_id="nightly",
+    )
     url = f"{stack.sidecar_url}/api/jobs/crm-match"
     body = firing.encode()
     async with httpx.AsyncClient() as http:

@@ -193,6 +193,7 @@ def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
             handler_timeout: timedelta = timedelta(seconds=5),
             readiness: Callable[[], Any] | None = None,
             log: JobLog = job_log,
+            max_body_bytes: int | None = None,
         ) -> Sidecar:
             keys = keys or (new_signing_key(), new_signing_key())
             deliveries = Deliveries(
@@ -204,7 +205,10 @@ def make_sidecar(job_log: JobLog, tmp_path: Path) -> Iterator[SidecarFactory]:
 
             def build(url: str) -> Any:
                 verifier = SignatureVerifier(keys[0], keys[1], public_url=url)
-                return build_app(deliveries=deliveries, verifier=verifier, readiness=readiness)
+                limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
+                return build_app(
+                    deliveries=deliveries, verifier=verifier, readiness=readiness, **limits
+                )
 
             server = stack.enter_context(SidecarServer(build))
             return Sidecar(url=server.url, keys=keys, http=http)
@@ -242,8 +246,16 @@ def stored_job(job_log: JobLog, **fields: Any) -> Job:
     return job
 
 
-def envelope(job_id: uuid.UUID | None, job_type: JobType = CRM, **payload: Any) -> bytes:
-    return Envelope(job_type=job_type, payload=payload or dict(PAYLOAD), job_id=job_id).encode()
+def envelope(
+    job_id: uuid.UUID | None,
+    job_type: JobType = CRM,
+    *,
+    schedule_id: str | None = None,
+    **payload: Any,
+) -> bytes:
+    return Envelope(
+        job_type=job_type, payload=payload or dict(PAYLOAD), job_id=job_id, schedule_id=schedule_id
+    ).encode()
 
 
 async def wait_for(
@@ -386,7 +398,7 @@ async def test_a_cron_schedule_creates_one_job_per_firing(
         CronSchedule(
             job_type=CRM,
             cron="* * * * *",
-            body=envelope(None),
+            body=envelope(None, schedule_id="crm-every-minute"),
             url=sidecar.urls.job(CRM),
             schedule_id="crm-every-minute",
             failure_callback=sidecar.urls.failure_callback,
@@ -517,13 +529,13 @@ def test_a_cron_firing_creates_its_job_and_a_redelivery_reuses_it(
         assert job.published_at is not None  # never the relay's to publish
     assert job_log.schedules.get("nightly-crm").last_run_at is not None
 
-    # A firing of a schedule jobsvc does not know: the default retries, or more if QStash
-    # is already retrying it.
+    # A firing of a schedule jobsvc does not know: the unsigned header proves nothing, so
+    # no schedule and the default retries, or more if QStash is already retrying it.
     unknown = sidecar.post(
         CRM_PATH, body, retried=4, headers={"Upstash-Schedule-Id": "scd_elsewhere"}
     )
     created = job_log.get(uuid.UUID(unknown.json()["jobId"]))
-    assert (created.schedule_id, created.max_retries) == ("scd_elsewhere", 4)
+    assert (created.schedule_id, created.max_retries) == (None, 4)
 
 
 def test_a_handler_overrunning_its_timeout_is_retried(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import time
 from collections.abc import Callable
 from typing import Any
@@ -150,10 +151,63 @@ def test_other_algorithms_are_refused() -> None:
 
 def test_wrong_issuer_missing_claims_and_audience() -> None:
     assert rejection(make_token(iss="Someone")) == "WRONG_ISSUER"
-    for claim in ("iss", "sub", "exp", "nbf", "body"):
+    for claim in ("iss", "sub", "exp", "nbf", "body", "jti"):
         assert rejection(make_token(drop=(claim,))) == "MISSING_CLAIM", claim
     assert rejection(make_token(aud="elsewhere")) == "WRONG_AUDIENCE"
     verifier().verify(make_token(aud=""), BODY, URL)  # the SDKs' test helpers add it
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 1e15},
+        {"exp": 10**400},
+        {"exp": float("inf")},
+        {"exp": float("nan")},
+        {"exp": "2000000000"},
+        {"exp": True},
+        {"exp": [1]},
+        {"nbf": -1e300},
+        {"nbf": float("-inf")},
+        {"nbf": "0"},
+        {"iat": -1e300},
+        {"iat": 10**400},
+        {"iat": None},
+    ],
+    ids=repr,
+)
+def test_times_that_are_not_times_are_refused_not_crashed_on(claims: dict[str, Any]) -> None:
+    assert rejection(make_token(**claims)) == "MALFORMED_TOKEN"
+
+
+def test_a_token_living_longer_than_an_hour_is_refused() -> None:
+    now = int(time.time())
+    assert rejection(make_token(exp=now + 7200)) == "LIFETIME_TOO_LONG"
+    assert rejection(make_token(exp=253402300799)) == "LIFETIME_TOO_LONG"  # the year 9999
+    claims = verifier().verify(make_token(exp=now + 3000), BODY, URL)
+    assert claims.usable_until.timestamp() == now + 3000 + 5  # exp plus the clock tolerance
+
+
+@pytest.mark.parametrize("jti", [7, "", "x" * 129], ids=["number", "empty", "long"])
+def test_the_token_id_must_be_a_short_string(jti: object) -> None:
+    assert rejection(make_token(jti=jti)) == "MALFORMED_TOKEN"
+
+
+def test_an_oversized_or_deeply_nested_token_is_malformed() -> None:
+    nested = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=").decode()
+    assert rejection(f"{nested}.e30.c2ln") == "MALFORMED_TOKEN"
+    assert rejection(make_token(pad="x" * 5000)) == "MALFORMED_TOKEN"
+
+
+def test_an_algorithm_named_in_the_header_is_not_obeyed() -> None:
+    """The header says RS256 (or lowercase hs256) over a valid HS256 MAC: still refused."""
+    signed = make_token()
+    for alg in ("RS256", "hs256", "HS384", "none"):
+        header = base64.urlsafe_b64encode(f'{{"alg":"{alg}","typ":"JWT"}}'.encode()).rstrip(b"=")
+        _, payload, _ = signed.split(".")
+        mac = hmac.new(CURRENT.encode(), header + b"." + payload.encode(), hashlib.sha256)
+        token = f"{header.decode()}.{payload}.{base64.urlsafe_b64encode(mac.digest()).decode()}"
+        assert rejection(token.rstrip("=")) == "MALFORMED_TOKEN", alg
 
 
 def test_body_hash_with_or_without_padding() -> None:
