@@ -7,7 +7,7 @@ attempt's outcome, and answer. Duplicate and late deliveries find the row alread
 change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
 ``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
-``failure_callback_recorded``, ``failure_callback_duplicate``.
+``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from datetime import timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
-from jobsvc.errors import AlreadyExists, JobNotFound, JobServiceError, ScheduleNotFound
+from jobsvc.errors import (
+    AlreadyExists,
+    JobNotFound,
+    JobServiceError,
+    Overloaded,
+    ScheduleNotFound,
+)
 from jobsvc.handlers import (
     FollowUp,
     HandlerContext,
@@ -38,6 +44,7 @@ from jobsvc.service.delivery_results import (
     InvalidFailureCallback,
     ResultKind,
 )
+from jobsvc.service.handler_slots import HandlerSlots
 from jobsvc.service.progress import JobProgress
 
 __all__ = [
@@ -77,7 +84,8 @@ class Deliveries:
 
     ``handler_timeout`` bounds a handler run unless the job sets its own; a claim holds the job
     for that timeout plus ``lease_margin``, after which another delivery may take it over.
-    ``follow_up`` is the port handlers enqueue follow-up jobs through.
+    ``follow_up`` is the port handlers enqueue follow-up jobs through. ``slots`` bounds how
+    many deliveries run at once (default: ``DEFAULT_MAX_CONCURRENT_HANDLERS``).
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Deliveries:
         handler_timeout: timedelta,
         follow_up: FollowUp,
         lease_margin: timedelta = DEFAULT_LEASE_MARGIN,
+        slots: HandlerSlots | None = None,
         clock: Clock = utc_now,
     ) -> None:
         if handler_timeout <= timedelta(0):
@@ -99,6 +108,7 @@ class Deliveries:
         self._timeout = handler_timeout
         self._follow_up = follow_up
         self._margin = lease_margin
+        self._slots = slots or HandlerSlots()
         self._clock = clock
 
     def serves(self, job_type_wire: str) -> bool:
@@ -126,6 +136,7 @@ class Deliveries:
         message_id: str,
         retried: int,
         schedule_id: str | None,
+        wait_for_slot: bool = False,
     ) -> DeliveryResult:
         """Run one delivery of ``body`` (an ``Envelope``) to ``/api/jobs/{job_type_wire}``.
 
@@ -137,6 +148,10 @@ class Deliveries:
         body cannot be a job of this type. UnknownJobType if nothing serves the type;
         StorageUnavailable if the job log cannot be reached (QStash should retry).
 
+        At most ``slots.limit`` deliveries run at once; one more raises ``Overloaded`` before
+        anything is read or written (QStash should retry after its ``retry_after``), or, with
+        ``wait_for_slot``, waits for a slot.
+
         A body without ``jobId`` is a cron firing: its job row is created first, with the id
         ``firing_job_id(message_id)`` and the deduplication id ``qstash:<message_id>``, so a
         redelivery of the same firing finds the same row. Its retries are the schedule's
@@ -144,6 +159,31 @@ class Deliveries:
         """
         if not self.serves(job_type_wire):
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
+        # Before anything is written: an overloaded answer leaves no trace but the log line.
+        slot = self._slots.waited_for() if wait_for_slot else self._slots.taken()
+        try:
+            async with slot:
+                return await self._handle(job_type_wire, body, message_id, retried, schedule_id)
+        except Overloaded:
+            log.warning(
+                "overloaded",
+                extra={
+                    "action": "delivery_overloaded",
+                    "qstash_message_id": message_id,
+                    "retried": retried,
+                    "job_type": job_type_wire,
+                },
+            )
+            raise
+
+    async def _handle(
+        self,
+        job_type_wire: str,
+        body: bytes,
+        message_id: str,
+        retried: int,
+        schedule_id: str | None,
+    ) -> DeliveryResult:
         extra = {"qstash_message_id": message_id, "retried": retried, "job_type": job_type_wire}
         try:
             envelope = Envelope.decode(body)
