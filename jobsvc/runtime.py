@@ -76,6 +76,7 @@ class Parts:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.service.aclose()
+        await self.deliveries.aclose()
         await self.broker.aclose()
         if self.adapters is not None:
             await self.adapters.aclose()

@@ -45,7 +45,7 @@ from jobsvc.service.delivery_results import (
     ResultKind,
 )
 from jobsvc.service.handler_slots import HandlerSlots
-from jobsvc.service.progress import JobProgress
+from jobsvc.service.progress import JobProgress, UnsavedNotes
 
 __all__ = [
     "DEFAULT_LEASE_MARGIN",
@@ -109,7 +109,13 @@ class Deliveries:
         self._follow_up = follow_up
         self._margin = lease_margin
         self._slots = slots or HandlerSlots()
+        self._unsaved = UnsavedNotes(job_log.progress)
         self._clock = clock
+
+    async def aclose(self) -> None:
+        """Stop writing the progress notes the job log could not take yet (see
+        ``service.progress``)."""
+        await self._unsaved.aclose()
 
     def serves(self, job_type_wire: str) -> bool:
         """Whether ``/api/jobs/{job_type_wire}`` is a job type with a registered handler."""
@@ -218,7 +224,7 @@ class Deliveries:
             max_retries=job.max_retries,
             logger=job_logger(job_id=job.id, job_type=job.type, attempt=job.attempts),
             enqueue=self._follow_up,
-            progress=JobProgress(self._job_log.progress, job.id),
+            progress=JobProgress(self._job_log.progress, job.id, self._unsaved),
         )
         timeout = job.timeout or envelope.timeout or self._timeout
         outcome = await run(self._registry, job.type, job.payload, ctx, timeout)
