@@ -7,7 +7,8 @@ attempt's outcome, and answer. Duplicate and late deliveries find the row alread
 change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
 ``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
-``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``.
+``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``,
+``failure_callback_redriven``, ``failure_callback_redrives_exhausted``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
 
@@ -43,6 +45,7 @@ from jobsvc.service.delivery_results import (
     FailureReport,
     InvalidFailureCallback,
     ResultKind,
+    clip,
 )
 from jobsvc.service.handler_slots import HandlerSlots
 from jobsvc.service.progress import JobProgress, UnsavedNotes
@@ -62,6 +65,11 @@ log = logging.getLogger("jobsvc.deliveries")
 
 # Time to record an attempt after its handler's deadline, before another delivery may take over.
 DEFAULT_LEASE_MARGIN = timedelta(seconds=15)
+# Re-drives of a job whose deliveries QStash gave up on before a handler could fail it, and the
+# wait before the first (doubling with each): ten re-drives span about three hours.
+DEFAULT_MAX_REDRIVES = 10
+DEFAULT_REDRIVE_DELAY = timedelta(seconds=10)
+MAX_REDRIVE_DELAY = timedelta(hours=1)
 # Job ids of cron firings derive from their QStash message id (uuid5 in this namespace), so the
 # failure callback, which carries only the message id, finds the firing's row.
 _FIRINGS = uuid.UUID("98fc69ff-49f5-4059-8f4a-525a31ebc67f")
@@ -97,6 +105,8 @@ class Deliveries:
         follow_up: FollowUp,
         lease_margin: timedelta = DEFAULT_LEASE_MARGIN,
         slots: HandlerSlots | None = None,
+        max_redrives: int = DEFAULT_MAX_REDRIVES,
+        redrive_delay: timedelta = DEFAULT_REDRIVE_DELAY,
         clock: Clock = utc_now,
     ) -> None:
         if handler_timeout <= timedelta(0):
@@ -110,6 +120,8 @@ class Deliveries:
         self._margin = lease_margin
         self._slots = slots or HandlerSlots()
         self._unsaved = UnsavedNotes(job_log.progress)
+        self._max_redrives = max_redrives
+        self._redrive_delay = redrive_delay
         self._clock = clock
 
     async def aclose(self) -> None:
@@ -268,7 +280,10 @@ class Deliveries:
 
         Idempotent: a repeated callback, or one for a job that is already finished, changes
         nothing. A cron firing refused before it got a row (every delivery bounced) gets its
-        row now, failed. InvalidFailureCallback if the body is not a failure callback.
+        row now, failed. A job none of whose deliveries failed it (the sidecar was down or
+        overloaded: they never reached a handler) is not failed but re-driven, a bounded number
+        of times, recorded as a ``redriven`` event in its history. InvalidFailureCallback if
+        the body is not a failure callback.
         """
         report = FailureReport.parse(callback_body)
         extra = {"qstash_message_id": report.source_message_id, "dlq_id": report.dlq_id}
@@ -285,6 +300,8 @@ class Deliveries:
             # A second message of the job (two publishes raced) gave up, not the job's own:
             # the job's fate is its current message's.
             log.info("superseded message", extra={**extra, "action": "failure_callback_superseded"})
+            return
+        if await self._redriven(job_id, report, error, extra):
             return
         if await asyncio.to_thread(self._job_log.mark_failed, job_id, report.dlq_id, error):
             log.warning("job dead-lettered", extra={**extra, "action": "failure_callback_recorded"})
@@ -303,6 +320,50 @@ class Deliveries:
         log.info("already recorded", extra={**extra, "action": "failure_callback_duplicate"})
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _redriven(
+        self, job_id: uuid.UUID, report: FailureReport, error: str, extra: Mapping[str, object]
+    ) -> bool:
+        """Re-drive the job if no delivery of the given-up message failed it: it is still
+        pending (no handler ever ran it) or retrying (its last deliveries never reached one),
+        as when the sidecar was down or overloaded. The ``n``-th re-drive is delivered after
+        ``redrive_delay`` * 2^(n-1) (at most ``MAX_REDRIVE_DELAY``), up to ``max_redrives``
+        times; the job fails as before after that."""
+        try:
+            job = await asyncio.to_thread(self._job_log.get, job_id)
+        except JobNotFound:
+            return False
+        if job.state not in (JobState.PENDING, JobState.RETRYING):
+            return False
+        extra = {**extra, "redrives": job.redrives}
+        if job.redrives >= self._max_redrives:
+            log.error(
+                "not re-driven again after %d re-drives",
+                job.redrives,
+                extra={**extra, "action": "failure_callback_redrives_exhausted"},
+            )
+            return False
+        delay = min(self._redrive_delay * 2**job.redrives, MAX_REDRIVE_DELAY)
+        number = job.redrives + 1
+        detail = clip(
+            f"{error}; no delivery reached a handler that failed the job, so it is published "
+            f"anew (re-drive {number} of {self._max_redrives}), "
+            f"due in {delay.total_seconds():g} s"
+        )
+        redriven = await asyncio.to_thread(
+            self._job_log.redrive,
+            job_id,
+            qstash_message_id=report.source_message_id,
+            max_redrives=self._max_redrives,
+            not_before=self._clock() + delay,
+            detail=detail,
+        )
+        if redriven is None:  # moved meanwhile (a late delivery ran it, a duplicate callback)
+            return False
+        log.warning(
+            "job re-driven: %s", detail, extra={**extra, "action": "failure_callback_redriven"}
+        )
+        return True
 
     async def _superseded(self, job_id: uuid.UUID, report: FailureReport) -> bool:
         try:

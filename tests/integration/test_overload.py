@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -72,16 +72,16 @@ class Sidecar:
 
         return await eventually(check, what=f"job {job_id} to complete", timeout=20)
 
-    async def enqueue_match(self) -> str:
+    async def enqueue_match(self, retries: int = 5) -> str:
         request = pb.EnqueueRequest(
-            crm_match=payloads_pb2.CrmMatch(listing_id="L1", agent_id="A1"), retries=5
+            crm_match=payloads_pb2.CrmMatch(listing_id="L1", agent_id="A1"), retries=retries
         )
         return str((await self.stub.Enqueue(request)).job.id)
 
 
 @contextlib.asynccontextmanager
 async def sidecar_with_one_slot(
-    database_url: str, external: ExternalSystems, outbox: Path
+    database_url: str, external: ExternalSystems, outbox: Path, *, time_scale: float = 1.0
 ) -> AsyncIterator[Sidecar]:
     port = free_port()
     settings = Settings(
@@ -89,8 +89,9 @@ async def sidecar_with_one_slot(
         grpc_port=0,
         sidecar_port=port,
         public_url=f"http://127.0.0.1:{port}",
-        # Real time: the broker waits the whole Retry-After (1 s) before it delivers again.
-        local_qstash=LocalQStashSettings(port=0, database_url=database_url, time_scale=1.0),
+        # Real time unless asked: the broker waits the whole Retry-After (1 s) before it
+        # delivers again.
+        local_qstash=LocalQStashSettings(port=0, database_url=database_url, time_scale=time_scale),
         relay_interval=timedelta(milliseconds=50),
         handler_timeout=timedelta(seconds=30),
         max_concurrent_handlers=1,
@@ -113,21 +114,27 @@ async def sidecar_with_one_slot(
 
 
 class _Actions(logging.Handler):
-    """Collects the ``action`` of the sidecar's log records."""
+    """Collects the ``action`` of the sidecar's log records; calls ``on[action]`` when one
+    comes."""
 
-    def __init__(self) -> None:
+    def __init__(self, on: dict[str, Callable[[], None]] | None = None) -> None:
         super().__init__()
         self.actions: list[str] = []
+        self.on = on or {}
 
     def emit(self, record: logging.LogRecord) -> None:
         action = getattr(record, "action", None)
         if isinstance(action, str):
             self.actions.append(action)
+            if action in self.on:
+                self.on.pop(action)()
 
 
 @contextlib.contextmanager
-def actions_logged(logger: str) -> Iterator[_Actions]:
-    handler = _Actions()
+def actions_logged(
+    logger: str, on: dict[str, Callable[[], None]] | None = None
+) -> Iterator[_Actions]:
+    handler = _Actions(on)
     log = logging.getLogger(logger)
     log.addHandler(handler)
     try:
@@ -193,3 +200,38 @@ async def test_a_delivery_beyond_the_bound_is_answered_at_once_and_runs_on_the_r
         assert done_first.attempts == 1
         assert done_second.attempts == 1  # the refused deliveries left no attempt behind
         assert len(external.requests_to(LISTING_SERVICE)) == 2
+
+
+async def test_a_job_whose_deliveries_never_reached_a_handler_is_redriven_not_failed(
+    database_url: str, external: ExternalSystems, tmp_path: Path
+) -> None:
+    # The one slot is held while QStash delivers the second job twice (retries=1), is answered
+    # 503 before any handler both times, and gives up: the failure callback re-drives the job,
+    # and the first re-drive frees the slot, so the re-driven message runs it.
+    async with sidecar_with_one_slot(
+        database_url, external, tmp_path / "outbox", time_scale=0.001
+    ) as sidecar:
+        external.hold(LISTING_SERVICE)
+        first = await sidecar.enqueue_match()
+
+        async def one_held() -> bool | None:
+            return True if external.held(LISTING_SERVICE) == 1 else None
+
+        await eventually(one_held, what="the first handler to hold its slot", timeout=10)
+        release = {"failure_callback_redriven": lambda: external.release(LISTING_SERVICE)}
+        with actions_logged("jobsvc.deliveries", on=release) as log:
+            second = await sidecar.enqueue_match(retries=1)
+            done = await sidecar.completed(second)
+        assert log.actions.count("delivery_overloaded") >= 2
+        assert "failure_callback_recorded" not in log.actions
+
+        assert (done.attempts, len(done.history)) == (1, 1)  # one handler run, after the re-drive
+        assert done.dlq_id == ""
+        assert len(done.events) >= 1
+        redrive = done.events[0]
+        assert redrive.kind == jobs_pb2.JOB_EVENT_KIND_REDRIVEN
+        assert "OVERLOADED" in redrive.detail
+        assert "re-drive 1 of 10" in redrive.detail
+        assert redrive.qstash_message_id not in ("", done.qstash_message_id)
+        assert done.history[0].qstash_message_id == done.qstash_message_id
+        assert (await sidecar.completed(first)).attempts == 1
