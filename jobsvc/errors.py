@@ -5,6 +5,7 @@ their own codes in one table each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class BrokerUnavailable(JobServiceError):
 
 class StorageUnavailable(JobServiceError):
     reason = "STORAGE_UNAVAILABLE"
+
+
+class Overloaded(JobServiceError):
+    """As many handlers run as this process allows; try again after ``retry_after``. Nothing
+    was written."""
+
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after: timedelta) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unauthenticated(JobServiceError):

@@ -53,7 +53,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PROCESSING: frozenset(
         {JobState.COMPLETED, JobState.RETRYING, JobState.FAILED, JobState.PROCESSING}
     ),
-    JobState.RETRYING: frozenset({JobState.PROCESSING, JobState.CANCELLED, JobState.FAILED}),
+    # retrying -> pending: QStash gave up on deliveries that never reached a handler; re-driven.
+    JobState.RETRYING: frozenset(
+        {JobState.PROCESSING, JobState.CANCELLED, JobState.FAILED, JobState.PENDING}
+    ),
     JobState.COMPLETED: frozenset(),
     JobState.FAILED: frozenset({JobState.PENDING}),
     JobState.CANCELLED: frozenset(),
@@ -89,6 +92,21 @@ class Attempt:
 
 
 @dataclass(kw_only=True)
+class JobEvent:
+    """Something that happened to a job besides its attempts, for its history. ``kind``:
+    ``redriven`` (QStash gave up on a message whose deliveries never reached a handler, and
+    the job was published anew with a fresh retry budget)."""
+
+    at: datetime
+    kind: str
+    detail: str | None = None
+    qstash_message_id: str | None = None  # the message it concerns (the one given up on)
+
+
+REDRIVEN = "redriven"
+
+
+@dataclass(kw_only=True)
 class Job:
     """One run of a job type with its payload, as recorded in the job log."""
 
@@ -112,7 +130,11 @@ class Job:
     # The outbox: None until the broker accepted the job; failed publishes are counted.
     published_at: datetime | None = None
     publish_attempts: int = 0
+    # Times the job was re-driven after QStash gave up on deliveries no handler saw.
+    redrives: int = 0
     history: list[Attempt] = field(default_factory=list)
+    # Filled where a single job is read with its history (GetStatus), empty in lists.
+    events: list[JobEvent] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

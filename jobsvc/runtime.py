@@ -34,6 +34,7 @@ from jobsvc.localqstash.users import DEV_USERS
 from jobsvc.payloads import parse_payload
 from jobsvc.rpc.server import JobServer, build_server, load_tls
 from jobsvc.service.deliveries import Deliveries
+from jobsvc.service.handler_slots import HandlerSlots
 from jobsvc.service.jobs import EnqueueRequest, JobService
 from jobsvc.service.relay import Relay
 from jobsvc.settings import BrokerKind, Settings
@@ -75,6 +76,7 @@ class Parts:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.service.aclose()
+        await self.deliveries.aclose()
         await self.broker.aclose()
         if self.adapters is not None:
             await self.adapters.aclose()
@@ -154,7 +156,9 @@ async def running(
     if registry is None and not runs_handlers:
         registry = HandlerRegistry()  # `jobsvc rpc` with QStash: the sidecars run the handlers
     elif registry is None:
-        adapters = configured_adapters(settings.adapters)
+        adapters = configured_adapters(
+            settings.adapters, max_concurrent_handlers=settings.max_concurrent_handlers
+        )
         registry = default_registry(
             HandlerPorts(
                 listings=adapters.listings,
@@ -172,6 +176,9 @@ async def running(
         registry=registry,
         handler_timeout=settings.handler_timeout,
         follow_up=follow_up,
+        slots=HandlerSlots(
+            settings.max_concurrent_handlers, retry_after=settings.overload_retry_after
+        ),
     )
 
     async def deliver_inline(body: bytes, headers: Mapping[str, str]) -> int:
@@ -185,6 +192,8 @@ async def running(
             message_id=headers["Upstash-Message-Id"],
             retried=int(headers.get("Upstash-Retried", "0")),
             schedule_id=None,
+            # Enqueue's caller waits for the run anyway; an inline retry would come at once.
+            wait_for_slot=True,
         )
         return status_code(result)
 

@@ -15,6 +15,10 @@ from enum import StrEnum
 from jobsvc.adapters.settings import AdapterSettings
 from jobsvc.environment import Environment
 from jobsvc.localqstash.settings import LocalQStashSettings
+from jobsvc.service.handler_slots import (
+    DEFAULT_MAX_CONCURRENT_HANDLERS,
+    DEFAULT_OVERLOAD_RETRY_AFTER,
+)
 from jobsvc.webhooks.bodies import DEFAULT_MAX_BODY_BYTES
 
 
@@ -49,6 +53,10 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     handler_timeout: timedelta = timedelta(seconds=60)
+    # Handlers one sidecar (or inline broker) runs at once; beyond it deliveries are answered
+    # 503 with Retry-After. The adapters' HTTP pool is sized from it.
+    max_concurrent_handlers: int = DEFAULT_MAX_CONCURRENT_HANDLERS
+    overload_retry_after: timedelta = DEFAULT_OVERLOAD_RETRY_AFTER
     relay_interval: timedelta = timedelta(seconds=1)
     # The time between two steps of a document-reminder sequence.
     reminder_interval: timedelta = timedelta(days=2)
@@ -98,6 +106,15 @@ class Settings:
                     "JOBSVC_HANDLER_TIMEOUT_SECONDS", cls.handler_timeout.total_seconds()
                 )
             ),
+            max_concurrent_handlers=int(
+                number("JOBSVC_SIDECAR_MAX_CONCURRENT_HANDLERS", cls.max_concurrent_handlers)
+            ),
+            overload_retry_after=timedelta(
+                seconds=number(
+                    "JOBSVC_SIDECAR_OVERLOAD_RETRY_AFTER_SECONDS",
+                    cls.overload_retry_after.total_seconds(),
+                )
+            ),
             relay_interval=timedelta(
                 seconds=number("JOBSVC_RELAY_INTERVAL_SECONDS", cls.relay_interval.total_seconds())
             ),
@@ -138,6 +155,12 @@ class Settings:
             raise ValueError("JOBSVC_TLS_CERT_FILE and JOBSVC_TLS_KEY_FILE go together")
         if self.handler_timeout <= timedelta(0):
             raise ValueError("JOBSVC_HANDLER_TIMEOUT_SECONDS must be positive")
+        if self.max_concurrent_handlers < 1:
+            raise ValueError("JOBSVC_SIDECAR_MAX_CONCURRENT_HANDLERS must be at least 1")
+        if not timedelta(0) < self.overload_retry_after <= timedelta(days=1):
+            raise ValueError(
+                "JOBSVC_SIDECAR_OVERLOAD_RETRY_AFTER_SECONDS must be positive, at most a day"
+            )
         if self.relay_interval <= timedelta(0):
             raise ValueError("JOBSVC_RELAY_INTERVAL_SECONDS must be positive")
         if self.reminder_interval <= timedelta(0):

@@ -38,8 +38,18 @@ from jobsvc.ports import (
     SyndicationPlatform,
 )
 
-# Connections kept per host: the handlers of one process share one pool.
-_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+# The most HTTP requests one handler has in flight at once: syndication publishes to every
+# platform a job names together; the other handlers make one call at a time.
+CALLS_PER_HANDLER = len(Platform)
+
+
+def http_limits(max_concurrent_handlers: int) -> httpx.Limits:
+    """The shared pool's size for that many handlers at once: room for every request they can
+    make together, so none waits for a connection (and times out waiting) under load."""
+    return httpx.Limits(
+        max_connections=max_concurrent_handlers * CALLS_PER_HANDLER,
+        max_keepalive_connections=max_concurrent_handlers,
+    )
 
 
 @dataclass(kw_only=True)
@@ -58,10 +68,13 @@ class ConfiguredAdapters:
         await self.http_client.aclose()
 
 
-def configured_adapters(settings: AdapterSettings) -> ConfiguredAdapters:
-    """Build the adapters; development adapters log, once each, which setting would replace
-    them."""
-    client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
+def configured_adapters(
+    settings: AdapterSettings, *, max_concurrent_handlers: int
+) -> ConfiguredAdapters:
+    """Build the adapters for at most ``max_concurrent_handlers`` handlers running at once
+    (it sizes the shared HTTP pool); development adapters log, once each, which setting would
+    replace them."""
+    client = httpx.AsyncClient(limits=http_limits(max_concurrent_handlers), follow_redirects=False)
     outbox = DevOutbox(settings.outbox_dir)
 
     def endpoint(system: HttpSystem, name: str) -> HttpEndpoint:

@@ -132,7 +132,8 @@ CANCELLABLE = sources(JobState.CANCELLED)
 CANCEL = _move(
     _in(CANCELLABLE), JobState.CANCELLED, completed_at=_NOW, next_publish_at=None
 ).returning(*_COLUMNS)
-REQUEUEABLE = sources(JobState.PENDING)
+# Only a failed job is an operator's to retry; the other ways back to pending are re-drives.
+REQUEUEABLE = frozenset({JobState.FAILED})
 REQUEUE = _move(
     _in(REQUEUEABLE),
     JobState.PENDING,
@@ -143,6 +144,25 @@ REQUEUE = _move(
     published_at=None,
     publish_attempts=0,
     next_publish_at=bindparam("p_next_publish_at", type_=_NOW.type),
+).returning(*_COLUMNS)
+# QStash gave up on the job's current message while no attempt of it was running or had failed
+# the job: published anew by the relay at once, to be delivered from p_not_before, under a
+# fresh retry budget.
+REDRIVABLE = frozenset({JobState.PENDING, JobState.RETRYING})
+REDRIVE = _move(
+    and_(
+        _in(REDRIVABLE),
+        job_logs.c.qstash_message_id == bindparam("p_message_id", type_=Text()),
+        job_logs.c.redrives < bindparam("p_max_redrives", type_=Integer()),
+    ),
+    JobState.PENDING,
+    qstash_message_id=None,
+    lease_expires_at=None,
+    published_at=None,
+    publish_attempts=0,
+    next_publish_at=_NOW,
+    not_before=bindparam("p_not_before", type_=_NOW.type),
+    redrives=job_logs.c.redrives + 1,
 ).returning(*_COLUMNS)
 FINISH_ATTEMPT = (
     update(job_attempts)

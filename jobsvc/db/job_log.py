@@ -28,9 +28,9 @@ from jobsvc.db.driver_errors import storage_errors
 from jobsvc.db.engine import dialect_insert
 from jobsvc.db.history import insert_history, jobs_of, load_jobs, with_attempts, with_histories
 from jobsvc.db.progress import ProgressLog
-from jobsvc.db.rows import attempt_values, job_values
+from jobsvc.db.rows import attempt_values, event_from_row, job_values
 from jobsvc.db.schedules import Schedules
-from jobsvc.db.tables import job_attempts, job_logs
+from jobsvc.db.tables import job_attempts, job_events, job_logs
 from jobsvc.db.tokens import DeliveryTokens
 from jobsvc.db.transitions import Transitions
 from jobsvc.errors import JobNotFound, StorageUnavailable
@@ -39,6 +39,10 @@ from jobsvc.jobs import Job, JobState, JobType
 _BY_ID = with_attempts(select(job_logs).where(job_logs.c.id == bindparam("p_id")))
 _BY_DEDUPLICATION_ID = with_attempts(
     select(job_logs).where(job_logs.c.deduplication_id == bindparam("p_id"))
+)
+
+_EVENTS = (
+    select(job_events).where(job_events.c.job_id == bindparam("p_id")).order_by(job_events.c.number)
 )
 
 
@@ -137,6 +141,11 @@ class JobLog(Transitions):
         """The job with its attempt history; JobNotFound if there is none with this id."""
         with storage_errors("read the job"), self._autocommit.connect() as connection:
             found = jobs_of(connection.execute(_BY_ID, {"p_id": job_id}))
+            if found and found[0].redrives:  # events are re-drives so far: most jobs have none
+                found[0].events = [
+                    event_from_row(row)
+                    for row in connection.execute(_EVENTS, {"p_id": job_id}).mappings()
+                ]
         if not found:
             raise JobNotFound(f"job {job_id} not found")
         return found[0]

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from jobsvc.jobs import Attempt, Job, JobState, JobType, Schedule
+from jobsvc.jobs import Attempt, Job, JobEvent, JobState, JobType, Schedule
 
 
 def seconds(span: timedelta | None) -> float | None:
@@ -50,6 +50,7 @@ def job_values(job: Job, *, next_publish_at: datetime | None) -> dict[str, Any]:
         "dlq_id": job.dlq_id,
         "published_at": published_at,
         "publish_attempts": job.publish_attempts,
+        "redrives": job.redrives,
         "next_publish_at": None if published_at else (next_publish_at or job.created_at),
         "lease_expires_at": None,
     }
@@ -89,6 +90,7 @@ def job_from_row(row: Mapping[Any, Any], history: Iterable[Attempt] = ()) -> Job
         timeout=span(row["timeout_seconds"]),
         published_at=row["published_at"],
         publish_attempts=row["publish_attempts"],
+        redrives=row["redrives"],
         history=list(history),
     )
 
@@ -136,4 +138,13 @@ def schedule_from_row(row: Mapping[Any, Any]) -> Schedule:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_run_at=row["last_run_at"],
+    )
+
+
+def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
+    return JobEvent(
+        at=row["at"],
+        kind=row["kind"],
+        detail=row["detail"],
+        qstash_message_id=row["qstash_message_id"],
     )

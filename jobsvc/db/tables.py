@@ -109,6 +109,8 @@ job_logs = Table(
     Column("next_publish_at", UtcDateTime),
     # While processing: when another delivery may take the job over from a vanished worker.
     Column("lease_expires_at", UtcDateTime),
+    # Re-drives after QStash gave up on deliveries that never reached a handler (bounded).
+    Column("redrives", Integer, nullable=False, server_default="0"),
     CheckConstraint(STATES_CHECK, name="state"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint(f"max_retries BETWEEN 0 AND {MAX_RETRIES}", name="max_retries"),
@@ -142,6 +144,19 @@ job_attempts = Table(
     PrimaryKeyConstraint("job_id", "number"),
     CheckConstraint("number >= 1", name="number"),
     CheckConstraint(_one_of("outcome", OUTCOMES), name="outcome"),
+)
+
+# What happened to a job besides its attempts (a re-drive), in order, for its history.
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("job_id", Uuid, ForeignKey(job_logs.c.id, ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text),
+    Column("qstash_message_id", String(128)),
+    PrimaryKeyConstraint("job_id", "number"),
 )
 
 job_schedules = Table(

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Executable, select
+from sqlalchemy import Engine, Executable, func, select
 
 from jobsvc.db import guards
 from jobsvc.db.clock import Clock, utc_now
@@ -22,9 +22,9 @@ from jobsvc.db.guards import LEASE_EXPIRED
 from jobsvc.db.history import load_jobs, with_histories
 from jobsvc.db.progress import FORGET_REFUSALS
 from jobsvc.db.rows import attempt_values, job_from_row
-from jobsvc.db.tables import job_logs
+from jobsvc.db.tables import job_events, job_logs
 from jobsvc.errors import InvalidState, JobNotFound
-from jobsvc.jobs import Attempt, Job, JobState
+from jobsvc.jobs import REDRIVEN, Attempt, Job, JobState
 
 __all__ = ["LEASE_EXPIRED", "Transitions"]
 
@@ -164,6 +164,51 @@ class Transitions:
             extra=extra,
             then=FORGET_REFUSALS,
         )
+
+    def redrive(
+        self,
+        job_id: uuid.UUID,
+        *,
+        qstash_message_id: str,
+        max_redrives: int,
+        not_before: datetime,
+        detail: str,
+    ) -> Job | None:
+        """pending or retrying → pending, back in the outbox (the relay publishes it anew at
+        once, for delivery from ``not_before``), when QStash gave up on its current message
+        ``qstash_message_id`` before any delivery of it could fail the job; ``redrives`` counts
+        up and a ``redriven`` event with ``detail`` joins its history. None (nothing changed)
+        if the job is in another state, has another message, or was re-driven
+        ``max_redrives`` times already."""
+        now = self._clock()
+        parameters = {
+            "p_job_id": job_id,
+            "p_now": now,
+            "p_message_id": qstash_message_id,
+            "p_max_redrives": max_redrives,
+            "p_not_before": not_before,
+        }
+        with storage_errors("re-drive the job"), self._engine.begin() as connection:
+            row = connection.execute(guards.REDRIVE, parameters).first()
+            if row is None:
+                return None
+            number = connection.execute(
+                select(func.coalesce(func.max(job_events.c.number), 0) + 1).where(
+                    job_events.c.job_id == job_id
+                )
+            ).scalar_one()
+            connection.execute(
+                job_events.insert(),
+                {
+                    "job_id": job_id,
+                    "number": number,
+                    "at": now,
+                    "kind": REDRIVEN,
+                    "detail": detail,
+                    "qstash_message_id": qstash_message_id,
+                },
+            )
+            return with_histories(connection, [row])[0]
 
     def _finish(
         self, statement: Executable, parameters: dict[str, Any], outcome: str, action: str

@@ -4,10 +4,12 @@ version and the person a phone number, by SMS, at most once per channel and job.
 Before a channel is used, the job's progress is asked whether an earlier attempt already sent
 it; after the channel's server accepted the message, that is noted at once. A retried attempt
 (a dropped SMTP connection, an SMS gateway that was down) therefore sends only what is still
-missing. The one gap left, a crash between the server's acceptance and the note, is closed on
-the far side: the email carries the same Message-ID and the SMS the same idempotency key on
-every attempt, so the SMS gateway, and mail systems that deduplicate by Message-ID, drop the
-second copy.
+missing. A note the job log cannot take at once (a database restart) is written later, and
+held in the process until then (``service.progress``): a storage error after a send never
+counts as "not sent". The one gap left, a crash of the sidecar process between the server's
+acceptance and the note, is closed on the far side: the email carries the same Message-ID and
+the SMS the same idempotency key on every attempt, so the SMS gateway, and mail systems that
+deduplicate by Message-ID, drop the second copy.
 """
 
 from __future__ import annotations

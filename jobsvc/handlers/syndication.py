@@ -1,7 +1,8 @@
 """Handler of ``syndicate-listing`` jobs: publish a listing to external rental platforms.
 
 Each platform's outcome is noted in the job's progress as soon as it is known, so a retried
-attempt publishes only to the platforms that have not taken the listing yet. Outcomes:
+attempt publishes only to the platforms that have not taken the listing yet (a note the job
+log cannot take at once is written later, see ``service.progress``). Outcomes:
 ``published`` (with the platform's listing id), ``rejected`` (the platform refused the listing
 as invalid: final for that platform, reported, never retried) and ``failed`` (the platform may
 take it later: the job is retried, after the latest ``Retry-After`` a platform asked for). The

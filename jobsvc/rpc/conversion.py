@@ -20,7 +20,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobsvc.errors import FieldViolation, InvalidArgument
-from jobsvc.jobs import Attempt, Job, JobState, JobType, Schedule
+from jobsvc.jobs import REDRIVEN, Attempt, Job, JobEvent, JobState, JobType, Schedule
 from jobsvc.payloads import (
     CrmMatch,
     NotificationType,
@@ -267,6 +267,18 @@ def attempt_to_proto(attempt: Attempt) -> jobs_pb2.Attempt:
     )
 
 
+EVENT_KINDS = {REDRIVEN: jobs_pb2.JOB_EVENT_KIND_REDRIVEN}
+
+
+def event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(
+        time=to_timestamp(event.at),
+        kind=EVENT_KINDS.get(event.kind, jobs_pb2.JOB_EVENT_KIND_UNSPECIFIED),
+        detail=event.detail or "",
+        qstash_message_id=event.qstash_message_id or "",
+    )
+
+
 def job_to_proto(job: Job, *, with_history: bool = True) -> jobs_pb2.Job:
     """The Job message; ``with_history=False`` leaves the attempts out (ListJobs pages)."""
     field, payload = payload_to_proto(job.type, job.payload)
@@ -288,6 +300,7 @@ def job_to_proto(job: Job, *, with_history: bool = True) -> jobs_pb2.Job:
         deduplication_id=job.deduplication_id or "",
         schedule_id=job.schedule_id or "",
         history=[attempt_to_proto(a) for a in job.history] if with_history else [],
+        events=[event_to_proto(e) for e in job.events] if with_history else [],
     )
     getattr(message, field).CopyFrom(payload)
     return message

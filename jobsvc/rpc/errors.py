@@ -29,6 +29,7 @@ from jobsvc.errors import (
     InvalidState,
     JobNotFound,
     JobServiceError,
+    Overloaded,
     ScheduleNotFound,
     StorageUnavailable,
     Unauthenticated,
@@ -51,6 +52,7 @@ STATUS_CODES: dict[type[JobServiceError], grpc.StatusCode] = {
     BrokerUnsupported: grpc.StatusCode.FAILED_PRECONDITION,
     BrokerUnavailable: grpc.StatusCode.UNAVAILABLE,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 

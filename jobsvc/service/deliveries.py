@@ -7,7 +7,8 @@ attempt's outcome, and answer. Duplicate and late deliveries find the row alread
 change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
 ``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
-``failure_callback_recorded``, ``failure_callback_duplicate``.
+``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``,
+``failure_callback_redriven``, ``failure_callback_redrives_exhausted``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from datetime import datetime, timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
-from jobsvc.errors import AlreadyExists, JobNotFound, JobServiceError, ScheduleNotFound
+from jobsvc.errors import (
+    AlreadyExists,
+    JobNotFound,
+    JobServiceError,
+    Overloaded,
+    ScheduleNotFound,
+)
 from jobsvc.handlers import (
     FollowUp,
     HandlerContext,
@@ -38,8 +45,10 @@ from jobsvc.service.delivery_results import (
     FailureReport,
     InvalidFailureCallback,
     ResultKind,
+    clip,
 )
-from jobsvc.service.progress import JobProgress
+from jobsvc.service.handler_slots import HandlerSlots
+from jobsvc.service.progress import JobProgress, UnsavedNotes
 
 __all__ = [
     "DEFAULT_LEASE_MARGIN",
@@ -56,6 +65,11 @@ log = logging.getLogger("jobsvc.deliveries")
 
 # Time to record an attempt after its handler's deadline, before another delivery may take over.
 DEFAULT_LEASE_MARGIN = timedelta(seconds=15)
+# Re-drives of a job whose deliveries QStash gave up on before a handler could fail it, and the
+# wait before the first (doubling with each): ten re-drives span about three hours.
+DEFAULT_MAX_REDRIVES = 10
+DEFAULT_REDRIVE_DELAY = timedelta(seconds=10)
+MAX_REDRIVE_DELAY = timedelta(hours=1)
 # Job ids of cron firings derive from their QStash message id (uuid5 in this namespace), so the
 # failure callback, which carries only the message id, finds the firing's row.
 _FIRINGS = uuid.UUID("98fc69ff-49f5-4059-8f4a-525a31ebc67f")
@@ -78,7 +92,8 @@ class Deliveries:
 
     ``handler_timeout`` bounds a handler run unless the job sets its own; a claim holds the job
     for that timeout plus ``lease_margin``, after which another delivery may take it over.
-    ``follow_up`` is the port handlers enqueue follow-up jobs through.
+    ``follow_up`` is the port handlers enqueue follow-up jobs through. ``slots`` bounds how
+    many deliveries run at once (default: ``DEFAULT_MAX_CONCURRENT_HANDLERS``).
     """
 
     def __init__(
@@ -89,6 +104,9 @@ class Deliveries:
         handler_timeout: timedelta,
         follow_up: FollowUp,
         lease_margin: timedelta = DEFAULT_LEASE_MARGIN,
+        slots: HandlerSlots | None = None,
+        max_redrives: int = DEFAULT_MAX_REDRIVES,
+        redrive_delay: timedelta = DEFAULT_REDRIVE_DELAY,
         clock: Clock = utc_now,
     ) -> None:
         if handler_timeout <= timedelta(0):
@@ -100,7 +118,16 @@ class Deliveries:
         self._timeout = handler_timeout
         self._follow_up = follow_up
         self._margin = lease_margin
+        self._slots = slots or HandlerSlots()
+        self._unsaved = UnsavedNotes(job_log.progress)
+        self._max_redrives = max_redrives
+        self._redrive_delay = redrive_delay
         self._clock = clock
+
+    async def aclose(self) -> None:
+        """Stop writing the progress notes the job log could not take yet (see
+        ``service.progress``)."""
+        await self._unsaved.aclose()
 
     def serves(self, job_type_wire: str) -> bool:
         """Whether ``/api/jobs/{job_type_wire}`` is a job type with a registered handler."""
@@ -138,6 +165,7 @@ class Deliveries:
         message_id: str,
         retried: int,
         schedule_id: str | None,
+        wait_for_slot: bool = False,
     ) -> DeliveryResult:
         """Run one delivery of ``body`` (an ``Envelope``) to ``/api/jobs/{job_type_wire}``.
 
@@ -148,6 +176,10 @@ class Deliveries:
         failure callback with its DLQ id. Permanent when the handler failed permanently or the
         body cannot be a job of this type. UnknownJobType if nothing serves the type;
         StorageUnavailable if the job log cannot be reached (QStash should retry).
+
+        At most ``slots.limit`` deliveries run at once; one more raises ``Overloaded`` before
+        anything is read or written (QStash should retry after its ``retry_after``), or, with
+        ``wait_for_slot``, waits for a slot.
 
         A body without ``jobId`` is a cron firing: its job row is created first, with the id
         ``firing_job_id(message_id)`` and the deduplication id ``qstash:<message_id>``, so a
@@ -162,6 +194,31 @@ class Deliveries:
         """
         if not self.serves(job_type_wire):
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
+        # Before anything is written: an overloaded answer leaves no trace but the log line.
+        slot = self._slots.waited_for() if wait_for_slot else self._slots.taken()
+        try:
+            async with slot:
+                return await self._handle(job_type_wire, body, message_id, retried, schedule_id)
+        except Overloaded:
+            log.warning(
+                "overloaded",
+                extra={
+                    "action": "delivery_overloaded",
+                    "qstash_message_id": message_id,
+                    "retried": retried,
+                    "job_type": job_type_wire,
+                },
+            )
+            raise
+
+    async def _handle(
+        self,
+        job_type_wire: str,
+        body: bytes,
+        message_id: str,
+        retried: int,
+        schedule_id: str | None,
+    ) -> DeliveryResult:
         extra = {"qstash_message_id": message_id, "retried": retried, "job_type": job_type_wire}
         try:
             envelope = Envelope.decode(body)
@@ -196,7 +253,7 @@ class Deliveries:
             max_retries=job.max_retries,
             logger=job_logger(job_id=job.id, job_type=job.type, attempt=job.attempts),
             enqueue=self._follow_up,
-            progress=JobProgress(self._job_log.progress, job.id),
+            progress=JobProgress(self._job_log.progress, job.id, self._unsaved),
         )
         timeout = job.timeout or envelope.timeout or self._timeout
         outcome = await run(self._registry, job.type, job.payload, ctx, timeout)
@@ -240,7 +297,10 @@ class Deliveries:
 
         Idempotent: a repeated callback, or one for a job that is already finished, changes
         nothing. A cron firing refused before it got a row (every delivery bounced) gets its
-        row now, failed. InvalidFailureCallback if the body is not a failure callback.
+        row now, failed. A job none of whose deliveries failed it (the sidecar was down or
+        overloaded: they never reached a handler) is not failed but re-driven, a bounded number
+        of times, recorded as a ``redriven`` event in its history. InvalidFailureCallback if
+        the body is not a failure callback.
         """
         report = FailureReport.parse(callback_body)
         extra = {"qstash_message_id": report.source_message_id, "dlq_id": report.dlq_id}
@@ -257,6 +317,8 @@ class Deliveries:
             # A second message of the job (two publishes raced) gave up, not the job's own:
             # the job's fate is its current message's.
             log.info("superseded message", extra={**extra, "action": "failure_callback_superseded"})
+            return
+        if await self._redriven(job_id, report, error, extra):
             return
         if await asyncio.to_thread(self._job_log.mark_failed, job_id, report.dlq_id, error):
             log.warning("job dead-lettered", extra={**extra, "action": "failure_callback_recorded"})
@@ -275,6 +337,50 @@ class Deliveries:
         log.info("already recorded", extra={**extra, "action": "failure_callback_duplicate"})
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _redriven(
+        self, job_id: uuid.UUID, report: FailureReport, error: str, extra: Mapping[str, object]
+    ) -> bool:
+        """Re-drive the job if no delivery of the given-up message failed it: it is still
+        pending (no handler ever ran it) or retrying (its last deliveries never reached one),
+        as when the sidecar was down or overloaded. The ``n``-th re-drive is delivered after
+        ``redrive_delay`` * 2^(n-1) (at most ``MAX_REDRIVE_DELAY``), up to ``max_redrives``
+        times; the job fails as before after that."""
+        try:
+            job = await asyncio.to_thread(self._job_log.get, job_id)
+        except JobNotFound:
+            return False
+        if job.state not in (JobState.PENDING, JobState.RETRYING):
+            return False
+        extra = {**extra, "redrives": job.redrives}
+        if job.redrives >= self._max_redrives:
+            log.error(
+                "not re-driven again after %d re-drives",
+                job.redrives,
+                extra={**extra, "action": "failure_callback_redrives_exhausted"},
+            )
+            return False
+        delay = min(self._redrive_delay * 2**job.redrives, MAX_REDRIVE_DELAY)
+        number = job.redrives + 1
+        detail = clip(
+            f"{error}; no delivery reached a handler that failed the job, so it is published "
+            f"anew (re-drive {number} of {self._max_redrives}), "
+            f"due in {delay.total_seconds():g} s"
+        )
+        redriven = await asyncio.to_thread(
+            self._job_log.redrive,
+            job_id,
+            qstash_message_id=report.source_message_id,
+            max_redrives=self._max_redrives,
+            not_before=self._clock() + delay,
+            detail=detail,
+        )
+        if redriven is None:  # moved meanwhile (a late delivery ran it, a duplicate callback)
+            return False
+        log.warning(
+            "job re-driven: %s", detail, extra={**extra, "action": "failure_callback_redriven"}
+        )
+        return True
 
     async def _superseded(self, job_id: uuid.UUID, report: FailureReport) -> bool:
         try:

@@ -138,15 +138,16 @@ class FailureReport:
             and answer.get("reason") in _ATTEMPT_FAILURES
             and isinstance(answer.get("message"), str)
         ):
-            return _clip(answer["message"])
+            return clip(answer["message"])
         if self.status:
             text = self.body.decode(errors="replace").strip()
             last = f"HTTP {self.status}" + (f": {text}" if text else "")
         else:
             last = self.error or "no answer"
         deliveries = "" if self.retried is None else f" after {self.retried + 1} deliveries"
-        return _clip(f"QStash gave up{deliveries}; the last one got {last}")
+        return clip(f"QStash gave up{deliveries}; the last one got {last}")
 
 
-def _clip(error: str) -> str:
+def clip(error: str) -> str:
+    """``error`` cut to what the job log keeps of an error."""
     return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 1] + "…"

@@ -50,8 +50,9 @@ class EnqueueRequest:
 
 def deduplication_id_for(job: Job) -> str:
     """The id QStash deduplicates a publish of ``job`` on: the same for every publish of one
-    run-through (Enqueue and the relay racing, a relay retry) and new once attempts were made."""
-    return f"{job.id}:{job.attempts}"
+    run-through (Enqueue and the relay racing, a relay retry) and new once attempts were made
+    or the job was re-driven."""
+    return f"{job.id}:{job.attempts}" + (f":redrive{job.redrives}" if job.redrives else "")
 
 
 def passed_through(job: Job, *, since: tuple[JobState, int]) -> list[Job]:

@@ -23,6 +23,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _JobEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_EVENT_KIND_UNSPECIFIED: _JobEventKind.ValueType  # 0
+    """Not set."""
+    JOB_EVENT_KIND_REDRIVEN: _JobEventKind.ValueType  # 1
+    """QStash gave up on deliveries that never reached a handler; the job was published anew with
+    a fresh retry budget, the number of such re-drives being bounded.
+    """
+
+class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
+    """The kinds of job events."""
+
+JOB_EVENT_KIND_UNSPECIFIED: JobEventKind.ValueType  # 0
+"""Not set."""
+JOB_EVENT_KIND_REDRIVEN: JobEventKind.ValueType  # 1
+"""QStash gave up on deliveries that never reached a handler; the job was published anew with
+a fresh retry budget, the number of such re-drives being bounded.
+"""
+Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
+
 class _AttemptOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -165,6 +189,7 @@ class Job(_message.Message):
     CRM_MATCH_FIELD_NUMBER: _builtins.int
     SEND_NOTIFICATION_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id, a UUID in lowercase canonical form (for example
     "0b6f3c1e-8d2a-4c55-9f0e-2b7a1d9c4e10"), assigned by the service when the job is created.
@@ -255,6 +280,13 @@ class Job(_message.Message):
         empty to keep pages small.
         """
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """What happened to the job besides its attempts, oldest first: each time QStash gave up on a
+        message none of whose deliveries reached a handler (the sidecar was down or overloaded) and
+        the job was published anew. GetStatus and WatchJob fill it in; ListJobs leaves it empty.
+        """
+
     def __init__(
         self,
         *,
@@ -279,16 +311,53 @@ class Job(_message.Message):
         crm_match: _payloads_pb2.CrmMatch | None = ...,
         send_notification: _payloads_pb2.SendNotification | None = ...,
         history: _abc.Iterable[Global___Attempt] | None = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "crm_match", b"crm_match", "finish_time", b"finish_time", "handler_timeout", b"handler_timeout", "not_before_time", b"not_before_time", "payload", b"payload", "result", b"result", "send_notification", b"send_notification", "send_reminder", b"send_reminder", "start_time", b"start_time", "syndicate_listing", b"syndicate_listing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "crm_match", b"crm_match", "deduplication_id", b"deduplication_id", "dlq_id", b"dlq_id", "finish_time", b"finish_time", "handler_timeout", b"handler_timeout", "history", b"history", "id", b"id", "last_error", b"last_error", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "payload", b"payload", "qstash_message_id", b"qstash_message_id", "result", b"result", "schedule_id", b"schedule_id", "send_notification", b"send_notification", "send_reminder", b"send_reminder", "start_time", b"start_time", "state", b"state", "syndicate_listing", b"syndicate_listing", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "crm_match", b"crm_match", "deduplication_id", b"deduplication_id", "dlq_id", b"dlq_id", "events", b"events", "finish_time", b"finish_time", "handler_timeout", b"handler_timeout", "history", b"history", "id", b"id", "last_error", b"last_error", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "payload", b"payload", "qstash_message_id", b"qstash_message_id", "result", b"result", "schedule_id", b"schedule_id", "send_notification", b"send_notification", "send_reminder", b"send_reminder", "start_time", b"start_time", "state", b"state", "syndicate_listing", b"syndicate_listing", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["syndicate_listing", "send_reminder", "crm_match", "send_notification"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """Something that happened to a job outside its attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    QSTASH_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___JobEventKind.ValueType
+    """What happened."""
+    detail: _builtins.str
+    """For people: why, and what follows (when the job is due again)."""
+    qstash_message_id: _builtins.str
+    """The QStash message it concerns (for a re-drive, the one QStash gave up on)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___JobEventKind.ValueType = ...,
+        detail: _builtins.str = ...,
+        qstash_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "qstash_message_id", b"qstash_message_id", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):

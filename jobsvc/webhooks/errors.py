@@ -11,6 +11,7 @@ answer for QStash, whose status says whether to deliver again (see ``answers``):
 | ``MalformedDelivery``        | 489    | its own (``MISSING_MESSAGE_ID``, ...) | dead-letters |
 | ``InvalidFailureCallback``   | 489    | ``INVALID_FAILURE_CALLBACK``          | dead-letters |
 | ``StorageUnavailable``       | 503    | ``STORAGE_UNAVAILABLE``               | retries      |
+| ``Overloaded``               | 503    | ``OVERLOADED`` (with ``Retry-After``) | retries      |
 | other ``JobServiceError``    | 500    | ``INTERNAL`` (generic message)        | retries      |
 | Starlette ``HTTPException``  | its    | ``NOT_FOUND``, ``METHOD_NOT_ALLOWED`` | retries      |
 | anything else                | 500    | ``INTERNAL`` (generic message)        | retries      |
@@ -19,7 +20,9 @@ answer for QStash, whose status says whether to deliver again (see ``answers``):
 a sidecar older than the service) that an operator can fix before QStash gives up. A reused
 token (``TOKEN_REUSED``) gets 401 too: QStash signs each attempt anew, so only a replay or a
 proxy re-sending a request reuses one, and a retry by QStash then comes with a fresh token
-(489 would dead-letter a job that a proxy's resend had only delayed).
+(489 would dead-letter a job that a proxy's resend had only delayed). An exception with a
+``retry_after`` (a ``timedelta``) is answered with ``Retry-After``, which QStash honours for
+its next retry.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import http
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -35,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
-from jobsvc.errors import JobServiceError, StorageUnavailable
+from jobsvc.errors import JobServiceError, Overloaded, StorageUnavailable
 from jobsvc.service.deliveries import InvalidFailureCallback, UnknownJobType
 from jobsvc.webhooks.answers import NON_RETRYABLE_STATUS, reply
 from jobsvc.webhooks.signature import InvalidSignature
@@ -82,6 +86,7 @@ ANSWERS: Mapping[type[Exception], _Answer] = {
         NON_RETRYABLE_STATUS, "INVALID_FAILURE_CALLBACK", "failure_callback_invalid", logging.ERROR
     ),
     StorageUnavailable: _Answer(503, None, "storage_unavailable"),
+    Overloaded: _Answer(503, None, "delivery_overloaded"),
     JobServiceError: _Answer(500, "INTERNAL", "sidecar_error", logging.ERROR, expose=False),
 }
 _GENERIC = "internal error; see the sidecar's log"
@@ -102,7 +107,13 @@ async def _answer(request: Request, exc: Exception) -> Response:
         exc_info=exc if not row.expose else None,
         extra={"action": row.action, "reason": reason, "status": row.status},
     )
-    return reply(row.status, reason, message if row.expose else _GENERIC)
+    retry_after = getattr(exc, "retry_after", None)
+    return reply(
+        row.status,
+        reason,
+        message if row.expose else _GENERIC,
+        retry_after=retry_after if isinstance(retry_after, timedelta) else None,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -57,7 +57,7 @@ def test_migrations_match_the_declared_tables(database_url: str) -> None:
     engine = create_database_engine(database_url)
     try:
         upgrade(engine)
-        assert current_revision(engine) == head_revision() == "0004"
+        assert current_revision(engine) == head_revision() == "0005"
         assert _differences(engine) == []
         names = _constraint_names(engine)
         if engine.dialect.name == "sqlite":
@@ -140,10 +140,10 @@ def test_migrate_command_creates_the_tables_and_is_idempotent(
 ) -> None:
     first = _jobsvc("migrate", cwd=tmp_path, env={"JOBSVC_DATABASE_URL": database_url})
     assert first.returncode == 0, first.stderr
-    assert "migrated from empty to 0004" in first.stdout
+    assert "migrated from empty to 0005" in first.stdout
     second = _jobsvc("migrate", "--database-url", database_url, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "up to date (revision 0004)" in second.stdout
+    assert "up to date (revision 0005)" in second.stdout
     assert "Traceback" not in first.stderr + second.stderr
     engine = create_database_engine(database_url)
     try:

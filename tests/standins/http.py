@@ -26,7 +26,8 @@ Each system lives under its own path prefix, which is also its base URL:
 ==========================  ==================================================================
 
 Every request is logged in ``requests`` before anything else happens to it. Failures are
-scripted per path prefix (``answer_next``, ``malformed_next``, ``delay_next``, ``drop_next``);
+scripted per path prefix (``answer_next``, ``malformed_next``, ``delay_next``, ``drop_next``),
+and ``hold`` keeps requests waiting until ``release`` (``held`` counts those waiting);
 ``require_token`` makes a prefix demand ``Authorization: Bearer <token>`` (401 otherwise).
 
 The server is uvicorn on 127.0.0.1, port 0, on its own event loop in a daemon thread, so
@@ -183,6 +184,8 @@ class ExternalSystems:
         self._rejecting: dict[str, str] = {}
         self._answers: list[_Scripted] = []
         self._delays: list[_Scripted] = []
+        self._holds: dict[str, asyncio.Event] = {}
+        self._held: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._server: AsgiServer | None = None
         self._thread: threading.Thread | None = None
@@ -246,6 +249,11 @@ class ExternalSystems:
         """Forget all state, scripts, tokens and rejections, so one running server can serve
         test after test (starting and stopping one takes about 0.2 s)."""
         with self.lock:
+            holds = list(self._holds.values())
+        for event in holds:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(event.set)
+        with self.lock:
             for state in (
                 self.listings,
                 self.applicants,
@@ -254,6 +262,8 @@ class ExternalSystems:
                 self.platform_listings,
                 self._tokens,
                 self._rejecting,
+                self._holds,
+                self._held,
             ):
                 state.clear()
             self.sms_messages.clear()
@@ -351,6 +361,24 @@ class ExternalSystems:
         with self.lock:
             self._answers.append(_Scripted(prefix=prefix, remaining=times, drop=True))
 
+    def hold(self, prefix: str) -> None:
+        """Keep every request under ``prefix`` waiting, unanswered, until ``release(prefix)``
+        (or until its client hangs up)."""
+        with self.lock:
+            self._holds.setdefault(prefix, asyncio.Event())
+
+    def release(self, prefix: str) -> None:
+        """Let the requests held under ``prefix`` go on, and hold no more."""
+        with self.lock:
+            event = self._holds.pop(prefix, None)
+        if event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(event.set)
+
+    def held(self, prefix: str) -> int:
+        """How many requests under ``prefix`` are being held now."""
+        with self.lock:
+            return self._held.get(prefix, 0)
+
     def reject_listings(
         self, platform: Platform | str, reason: str | None = "listing is invalid"
     ) -> None:
@@ -409,6 +437,13 @@ class ExternalSystems:
                 if entry.matches(path):
                     entry.remaining -= 1
                     return entry
+        return None
+
+    def _hold_of(self, path: str) -> tuple[str, asyncio.Event] | None:
+        with self.lock:
+            for prefix, event in self._holds.items():
+                if _under(path, prefix):
+                    return prefix, event
         return None
 
     def _token_for(self, path: str) -> str | None:
@@ -563,6 +598,18 @@ class _Prelude:
         if delay is not None and await self._client_left(receive, delay.delay_seconds):
             return
 
+        held = systems._hold_of(path)
+        if held is not None:
+            prefix, released = held
+            with systems.lock:
+                systems._held[prefix] = systems._held.get(prefix, 0) + 1
+            try:
+                if await self._client_left(receive, None, released):
+                    return
+            finally:
+                with systems.lock:
+                    systems._held[prefix] -= 1
+
         scripted = systems._take(systems._answers, path)
         if scripted is not None and scripted.drop:
             await send(
@@ -600,8 +647,11 @@ class _Prelude:
 
         await self._app(scope, replay, send)
 
-    async def _client_left(self, receive: Receive, seconds: float) -> bool:
-        """Wait ``seconds``; True if the client hung up (or the server is stopping) first."""
+    async def _client_left(
+        self, receive: Receive, seconds: float | None, until: asyncio.Event | None = None
+    ) -> bool:
+        """Wait ``seconds`` (or until ``until`` is set); True if the client hung up (or the
+        server is stopping) first."""
         stopping = self._systems._stopping
         assert stopping is not None
 
@@ -613,12 +663,17 @@ class _Prelude:
             asyncio.ensure_future(disconnected()),
             asyncio.ensure_future(stopping.wait()),
         ]
+        released = None if until is None else asyncio.ensure_future(until.wait())
         try:
-            done, _ = await asyncio.wait(waiters, timeout=seconds, return_when="FIRST_COMPLETED")
+            done, _ = await asyncio.wait(
+                waiters + ([released] if released is not None else []),
+                timeout=seconds,
+                return_when="FIRST_COMPLETED",
+            )
         finally:
-            for waiter in waiters:
+            for waiter in waiters + ([released] if released is not None else []):
                 waiter.cancel()
-        return bool(done)
+        return any(waiter in done for waiter in waiters)
 
     def _record(self, scope: Scope, body: bytes) -> None:
         headers: dict[str, str] = {}

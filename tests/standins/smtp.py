@@ -12,6 +12,7 @@ import asyncio
 import email.policy
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -118,6 +119,12 @@ class SmtpServer:
         with self._handler.lock:
             return self._handler.auth_attempts
 
+    def on_message(self, hook: Callable[[ReceivedMail], None] | None) -> None:
+        """Call ``hook`` (on the server's thread) with each message it accepts, after keeping
+        it and before answering 250 (None: no longer)."""
+        with self._handler.lock:
+            self._handler.on_message = hook
+
     def drop_next_messages(self, count: int = 1) -> None:
         """Abort the connection once the next ``count`` messages' data has arrived, before
         answering it; those messages are not kept."""
@@ -159,6 +166,7 @@ class _Handler:
         self.drops = 0
         self.deferrals: list[str] = []
         self.refusals: list[str] = []
+        self.on_message: Callable[[ReceivedMail], None] | None = None
         self._credentials = (
             None if username is None else (username.encode(), (password or "").encode())
         )
@@ -231,4 +239,7 @@ class _Handler:
         )
         with self.lock:
             self.received.append(mail)
+            hook = self.on_message
+        if hook is not None:
+            hook(mail)  # before the client hears 250: it runs while the message is unconfirmed
         return "250 OK"
