@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from jobsvc.broker.errors import BrokerRejected, BrokerUnsupported
+from jobsvc.crons import next_run_time
 from jobsvc.errors import (
     AlreadyExists,
     BrokerUnavailable,
@@ -49,7 +50,6 @@ from jobsvc.errors import (
 from jobsvc.jobs import Attempt, EnqueueOptions, Job, JobState, JobType, Schedule
 from jobsvc.payloads import Payload
 from jobsvc.rpc import conversion
-from jobsvc.rpc.cron import next_run_time
 from jobsvc.rpc.server import MAX_SEND_MESSAGE_BYTES
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, schedules_pb2

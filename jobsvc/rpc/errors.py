@@ -23,12 +23,14 @@ from grpc_status import rpc_status
 
 from jobsvc.broker.errors import BrokerRejected, BrokerUnsupported
 from jobsvc.errors import (
+    MAX_LISTED_VIOLATIONS,
     AlreadyExists,
     BrokerUnavailable,
     InvalidArgument,
     InvalidState,
     JobNotFound,
     JobServiceError,
+    MalformedRequest,
     ScheduleNotFound,
     StorageUnavailable,
     Unauthenticated,
@@ -39,9 +41,15 @@ log = logging.getLogger("jobsvc.rpc")
 DOMAIN = "jobsvc"
 INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
+# gRPC refuses trailers (message and details) above 16 KiB, and the caller then sees
+# RESOURCE_EXHAUSTED instead of the error: domain messages are bounded, and this bounds the rest.
+MAX_MESSAGE_CHARS = 2048
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
 
 STATUS_CODES: dict[type[JobServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     ScheduleNotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
@@ -67,8 +75,14 @@ def _status(code: grpc.StatusCode, message: str, *details: Any) -> grpc.Status:
         container.Pack(detail)
         packed.append(container)
     return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message, details=packed)
+        status_pb2.Status(
+            code=code.value[0], message=_cut(message, MAX_MESSAGE_CHARS), details=packed
+        )
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def code_of(error: JobServiceError) -> grpc.StatusCode | None:
@@ -92,13 +106,15 @@ def status_of(error: JobServiceError) -> grpc.Status:
         return internal_status()
     details: list[Any] = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)]
     if isinstance(error, InvalidArgument):
+        # The first violations; the message says how many more there were.
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cut(v.field, MAX_FIELD_CHARS),
+                        description=_cut(v.description, MAX_DESCRIPTION_CHARS),
                     )
-                    for v in error.violations
+                    for v in error.violations[:MAX_LISTED_VIOLATIONS]
                 ]
             )
         )
