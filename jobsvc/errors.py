@@ -7,6 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+# Messages repeat what the caller sent; bounded, so a huge value cannot make an error larger
+# than the transport carries (gRPC refuses trailers above 16 KiB and the caller sees only that).
+MAX_QUOTED_CHARS = 80
+MAX_LISTED_VIOLATIONS = 20
+
+
+def quoted(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    shown = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{shown}... ({len(text)} characters)"
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -33,7 +47,17 @@ class InvalidArgument(JobServiceError):
 
     def __init__(self, violations: list[FieldViolation] | FieldViolation) -> None:
         self.violations = violations if isinstance(violations, list) else [violations]
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+        listed = self.violations[:MAX_LISTED_VIOLATIONS]
+        message = "; ".join(f"{v.field}: {v.description}" for v in listed)
+        if len(self.violations) > len(listed):
+            message += f"; and {len(self.violations) - len(listed)} more"
+        super().__init__(message)
+
+
+class MalformedRequest(JobServiceError):
+    """The request's bytes are not a message of the method's request type. Nothing was read."""
+
+    reason = "MALFORMED_REQUEST"
 
 
 class JobNotFound(JobServiceError):

@@ -93,7 +93,8 @@ def open_job_log(settings: Settings, *, migrate: bool) -> tuple[Engine, JobLog]:
         engine.dispose()
         where = settings.database_url.split("@")[-1]  # never the password
         raise NotMigrated(f"the database {where} is not migrated; run `jobsvc migrate`")
-    return engine, JobLog(engine)
+    key = settings.page_token_key.encode() if settings.page_token_key else None
+    return engine, JobLog(engine, page_token_key=key)
 
 
 def _signing_keys(settings: Settings, broker: Broker) -> tuple[str, str]:

@@ -50,6 +50,8 @@ class Settings:
     qstash_current_signing_key: str | None = None
     qstash_next_signing_key: str | None = None
     auth_token: str | None = None
+    # Signs ListJobs/ListSchedules page tokens; None derives a key from database_url.
+    page_token_key: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     handler_timeout: timedelta = timedelta(seconds=60)
@@ -99,6 +101,7 @@ class Settings:
             qstash_current_signing_key=get("QSTASH_CURRENT_SIGNING_KEY"),
             qstash_next_signing_key=get("QSTASH_NEXT_SIGNING_KEY"),
             auth_token=get("JOBSVC_AUTH_TOKEN"),
+            page_token_key=get("JOBSVC_PAGE_TOKEN_KEY"),
             tls_cert_file=get("JOBSVC_TLS_CERT_FILE"),
             tls_key_file=get("JOBSVC_TLS_KEY_FILE"),
             handler_timeout=timedelta(

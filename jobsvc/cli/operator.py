@@ -440,7 +440,7 @@ def _paused(paused: bool) -> str:
 
 
 def _next_run(schedule: Schedule) -> datetime | None:
-    from jobsvc.rpc.cron import next_run_time
+    from jobsvc.crons import next_run_time
 
     if schedule.paused:
         return None

@@ -56,8 +56,15 @@ class JobLog(Transitions):
     ``clock`` gives "now" for every time the log records (tests pass their own).
     """
 
-    def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utc_now, page_token_key: bytes | None = None
+    ) -> None:
+        """``page_token_key`` signs the page tokens of ``list``; None derives one from the
+        database URL (see ``pages.derived_key``)."""
         super().__init__(engine, clock=clock)
+        self._page_key = page_token_key or pages.derived_key(
+            engine.url.render_as_string(hide_password=False)
+        )
         # Built once: a statement built per call costs more CPU than the INSERT's round trip.
         # RETURNING says whether a row was written; an INSERT's rowcount is not reliable.
         insert = dialect_insert(engine)
@@ -67,7 +74,7 @@ class JobLog(Transitions):
             .on_conflict_do_nothing(index_elements=[job_logs.c.deduplication_id])
             .returning(job_logs.c.id)
         )
-        self.schedules = Schedules(engine, clock=clock)
+        self.schedules = Schedules(engine, clock=clock, page_token_key=self._page_key)
         self.progress = ProgressLog(engine, clock=clock)
         self.tokens = DeliveryTokens(engine, clock=clock)
 
@@ -190,8 +197,10 @@ class JobLog(Transitions):
         if created_before is not None:
             query = query.where(job_logs.c.created_at < created_before)
         if page_token:
-            created, last_id = pages.decode(page_token, filters, 2)
-            position = (datetime.fromisoformat(created), uuid.UUID(last_id))
+            created, last_id = pages.decode(
+                page_token, filters, self._page_key, (pages.aware_time, uuid.UUID)
+            )
+            position = (created, last_id)
             query = query.where(tuple_(job_logs.c.created_at, job_logs.c.id) < position)
         query = query.order_by(job_logs.c.created_at.desc(), job_logs.c.id.desc()).limit(size + 1)
         with storage_errors("list jobs"), self._autocommit.connect() as connection:
@@ -200,7 +209,9 @@ class JobLog(Transitions):
         if len(jobs) <= size:
             return jobs, None
         last = jobs[size - 1]
-        return jobs[:size], pages.encode([last.created_at.isoformat(), str(last.id)], filters)
+        return jobs[:size], pages.encode(
+            [last.created_at.isoformat(), str(last.id)], filters, self._page_key
+        )
 
     # -- the outbox ------------------------------------------------------------------------
 

@@ -13,15 +13,20 @@ from jobsvc.db.driver_errors import storage_errors
 from jobsvc.db.engine import dialect_insert
 from jobsvc.db.rows import schedule_from_row, schedule_values
 from jobsvc.db.tables import job_schedules
-from jobsvc.errors import ScheduleNotFound
+from jobsvc.errors import ScheduleNotFound, quoted
 from jobsvc.jobs import Schedule
 
 
 class Schedules:
     """Create-or-update, read, list, pause and delete schedules."""
 
-    def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utc_now, page_token_key: bytes | None = None
+    ) -> None:
         self._engine = engine
+        self._page_key = page_token_key or pages.derived_key(
+            engine.url.render_as_string(hide_password=False)
+        )
         self._clock = clock
         self._insert = dialect_insert(engine)
 
@@ -53,7 +58,7 @@ class Schedules:
         with storage_errors("read the schedule"), self._engine.connect() as connection:
             row = connection.execute(query).first()
         if row is None:
-            raise ScheduleNotFound(f"schedule {schedule_id!r} not found")
+            raise ScheduleNotFound(f"schedule {quoted(schedule_id)} not found")
         return schedule_from_row(row._mapping)
 
     def list(
@@ -64,14 +69,14 @@ class Schedules:
         filters = pages.fingerprint("schedules")
         query = select(job_schedules)
         if page_token:
-            (after,) = pages.decode(page_token, filters, 1)
+            (after,) = pages.decode(page_token, filters, self._page_key, (str,))
             query = query.where(job_schedules.c.schedule_id > after)
         query = query.order_by(job_schedules.c.schedule_id).limit(size + 1)
         with storage_errors("list schedules"), self._engine.connect() as connection:
             found = [schedule_from_row(row._mapping) for row in connection.execute(query)]
         if len(found) <= size:
             return found, None
-        return found[:size], pages.encode([found[size - 1].id], filters)
+        return found[:size], pages.encode([found[size - 1].id], filters, self._page_key)
 
     def delete(self, schedule_id: str) -> Schedule:
         """Delete the schedule and return it; ScheduleNotFound if there is none. Jobs it
@@ -84,7 +89,7 @@ class Schedules:
         with storage_errors("delete the schedule"), self._engine.begin() as connection:
             row = connection.execute(statement).first()
         if row is None:
-            raise ScheduleNotFound(f"schedule {schedule_id!r} not found")
+            raise ScheduleNotFound(f"schedule {quoted(schedule_id)} not found")
         return schedule_from_row(row._mapping)
 
     def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
@@ -110,5 +115,5 @@ class Schedules:
         with storage_errors(action), self._engine.begin() as connection:
             row = connection.execute(statement).first()
         if row is None:
-            raise ScheduleNotFound(f"schedule {schedule_id!r} not found")
+            raise ScheduleNotFound(f"schedule {quoted(schedule_id)} not found")
         return schedule_from_row(row._mapping)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from jobsvc.errors import FieldViolation, InvalidArgument
+from jobsvc.errors import FieldViolation, InvalidArgument, quoted
 
 MAX_ID_LENGTH = 128
 MAX_JSON_DEPTH = 32
@@ -52,7 +52,7 @@ class FieldChecker:
             self._add(path, "must be a string")
         elif value not in enum._value2member_map_:
             allowed = ", ".join(member.value for member in enum)
-            self._add(path, f"unknown value {value!r}; allowed: {allowed}")
+            self._add(path, f"unknown value {quoted(value)}; allowed: {allowed}")
         else:
             return enum(value)
         return None
@@ -124,9 +124,8 @@ class FieldChecker:
 
     def _first_seen(self, path: str, index: int, item: object, seen: dict[object, int]) -> bool:
         if item in seen:
-            self._add(
-                f"{path}[{index}]", f"duplicate of {self.root}.{path}[{seen[item]}] ({item!s})"
-            )
+            first = f"{self.root}.{path}[{seen[item]}]"
+            self._add(f"{path}[{index}]", f"duplicate of {first} ({quoted(item)})")
             return False
         seen[item] = index
         return True

@@ -68,6 +68,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return _refusal(handler)
 
 
+def _unread(_data: bytes) -> None:
+    """A refused call's request is never decoded: its bytes cannot make the refusal fail."""
+
+
 def _refusal(handler: Handler) -> Handler:
     """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
 
@@ -82,6 +86,6 @@ def _refusal(handler: Handler) -> Handler:
     }[(handler.request_streaming, handler.response_streaming)]
     return make(
         refuse,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_unread,
         response_serializer=handler.response_serializer,
     )

@@ -12,6 +12,13 @@ answer within ``timeout_seconds``, raises ``ServiceUnavailable``::
     with JobClient("jobsvc:50051") as jobs:
         jobs.enqueue(CrmMatch(listing_id="L1", agent_id="A1"))
 
+A call answered UNAVAILABLE (jobsvc restarting, a connection cut) is retried, up to ``attempts``
+in all, when repeating it cannot do anything twice: reads, CancelJob, Pause/ResumeSchedule, and
+Enqueue, EnqueueBatch and cron Schedule calls, to which the client gives an idempotency key of its
+own when the caller gave none (a ``deduplication_id`` per job, a ``schedule_id``): a retry after
+the first attempt was committed returns that job or schedule instead of creating another. RetryJob,
+DeleteSchedule and one-off Schedule calls are not retried.
+
 ``AsyncJobClient`` is the same over ``grpc.aio``. What the API does not carry keeps its default in
 the objects returned: ``Job.published_at`` and ``publish_attempts``, ``Attempt.retried`` and
 ``Schedule.qstash_schedule_id``; a schedule's ``updated_at`` is its ``created_at``.
@@ -19,6 +26,8 @@ the objects returned: ``Job.published_at`` and ``publish_attempts``, ``Attempt.r
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,6 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from jobsvc.broker.errors import BrokerRejected, BrokerUnsupported
+from jobsvc.crons import next_run_time
 from jobsvc.errors import (
     AlreadyExists,
     BrokerUnavailable,
@@ -49,13 +59,15 @@ from jobsvc.errors import (
 from jobsvc.jobs import Attempt, EnqueueOptions, Job, JobState, JobType, Schedule
 from jobsvc.payloads import Payload
 from jobsvc.rpc import conversion
-from jobsvc.rpc.cron import next_run_time
 from jobsvc.rpc.server import MAX_SEND_MESSAGE_BYTES
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, schedules_pb2
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_ATTEMPTS = 3
+# Before the second attempt; doubled before each later one.
+FIRST_BACKOFF_SECONDS = 0.2
 # One entry of enqueue_batch: a payload with the default options, or with its own.
 BatchEntry: TypeAlias = Payload | tuple[Payload, EnqueueOptions]
 Req = TypeVar("Req")
@@ -118,6 +130,33 @@ def enqueue_request(
         handler_timeout=conversion.to_duration(handler_timeout),
     )
     return _with_payload(request, payload)
+
+
+def _own_key() -> str:
+    """An idempotency key for one logical call whose caller gave none."""
+    return f"client-{uuid.uuid4()}"
+
+
+def _with_own_keys(request: pb.EnqueueRequest | pb.EnqueueBatchRequest) -> set[int]:
+    """Give each job without a deduplication id one of the client's own; the positions given
+    one (their ``deduplicated`` answers say only that a retry found its first attempt)."""
+    entries = request.requests if isinstance(request, pb.EnqueueBatchRequest) else [request]
+    own = set()
+    for index, entry in enumerate(entries):
+        if not entry.deduplication_id:
+            entry.deduplication_id = _own_key()
+            own.add(index)
+    return own
+
+
+def _own_schedule_id(request: pb.ScheduleRequest) -> bool:
+    """Whether ``request`` can be retried safely, after giving a cron schedule without an id
+    one (the format the service gives its own); a one-off run has no idempotency key."""
+    if request.WhichOneof("timing") != "cron":
+        return False
+    if not request.schedule_id:
+        request.schedule_id = f"sched_{uuid.uuid4().hex}"
+    return True
 
 
 def _batch_request(jobs: Iterable[BatchEntry]) -> pb.EnqueueBatchRequest:
@@ -259,8 +298,12 @@ def job_from_proto(message: jobs_pb2.Job) -> Job:
     )
 
 
-def _enqueue_result(response: pb.EnqueueResponse) -> EnqueueResult:
-    return EnqueueResult(job_from_proto(response.job), response.deduplicated)
+def _enqueue_result(response: pb.EnqueueResponse, *, own_key: bool = False) -> EnqueueResult:
+    return EnqueueResult(job_from_proto(response.job), response.deduplicated and not own_key)
+
+
+def _retryable(error: grpc.RpcError) -> bool:
+    return cast(_FailedCall, error).code() is grpc.StatusCode.UNAVAILABLE
 
 
 def schedule_from_proto(message: schedules_pb2.Schedule) -> Schedule:
@@ -384,7 +427,8 @@ class JobClient:
     """A blocking client of one jobsvc gRPC server; thread-safe, one channel, close it (or use it
     as a context manager). ``token``: sent as ``authorization: Bearer <token>``.
     ``tls_root_certificates``: PEM roots to verify the server with; given, the channel is TLS.
-    ``timeout_seconds``: the deadline of each unary call."""
+    ``timeout_seconds``: the deadline of each attempt of a unary call. ``attempts``: how many
+    times a call that can be repeated safely is tried in all (see the module docstring)."""
 
     def __init__(
         self,
@@ -393,9 +437,11 @@ class JobClient:
         token: str | None = None,
         tls_root_certificates: bytes | None = None,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
+        self.attempts = max(1, attempts)
         self._metadata = _metadata(token)
         if tls_root_certificates is None:
             self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
@@ -418,13 +464,22 @@ class JobClient:
     ) -> None:
         self.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
-        try:
-            return method(request, timeout=self.timeout_seconds, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(
-                exc, target=self.target, timeout_seconds=self.timeout_seconds
-            ) from exc
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, *, safe: bool = True
+    ) -> Resp:
+        """One call; repeated on UNAVAILABLE if it is ``safe`` to repeat."""
+        backoff = FIRST_BACKOFF_SECONDS
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return method(request, timeout=self.timeout_seconds, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if not (safe and attempt < self.attempts and _retryable(exc)):
+                    raise error_from_rpc(
+                        exc, target=self.target, timeout_seconds=self.timeout_seconds
+                    ) from exc
+            time.sleep(backoff)
+            backoff *= 2
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     def enqueue(
         self,
@@ -445,12 +500,18 @@ class JobClient:
             deduplication_id=deduplication_id,
             handler_timeout=handler_timeout,
         )
-        return _enqueue_result(self._call(self._stub.Enqueue, request))
+        own = _with_own_keys(request)
+        return _enqueue_result(self._call(self._stub.Enqueue, request), own_key=bool(own))
 
     def enqueue_batch(self, jobs: Iterable[BatchEntry]) -> list[EnqueueResult]:
         """Create up to 1,000 jobs, all or none (EnqueueBatch); one result per entry, in order."""
-        response = self._call(self._stub.EnqueueBatch, _batch_request(jobs))
-        return [_enqueue_result(entry) for entry in response.responses]
+        request = _batch_request(jobs)
+        own = _with_own_keys(request)
+        response = self._call(self._stub.EnqueueBatch, request)
+        return [
+            _enqueue_result(entry, own_key=index in own)
+            for index, entry in enumerate(response.responses)
+        ]
 
     def get_status(self, job_id: uuid.UUID | str) -> Job:
         """The job with its attempt history (GetStatus)."""
@@ -484,7 +545,8 @@ class JobClient:
     def retry(self, job_id: uuid.UUID | str) -> Job:
         """Re-drive a failed job from the dead-letter queue (RetryJob); ``InvalidState``
         unless it is failed."""
-        response = self._call(self._stub.RetryJob, pb.RetryJobRequest(job_id=str(job_id)))
+        request = pb.RetryJobRequest(job_id=str(job_id))
+        response = self._call(self._stub.RetryJob, request, safe=False)
         return job_from_proto(response.job)
 
     def watch(
@@ -532,7 +594,7 @@ class JobClient:
             retries=retries,
             handler_timeout=handler_timeout,
         )
-        response = self._call(self._stub.Schedule, request)
+        response = self._call(self._stub.Schedule, request, safe=_own_schedule_id(request))
         if response.WhichOneof("created") == "job":
             return job_from_proto(response.job)
         return schedule_from_proto(response.schedule)
@@ -559,7 +621,8 @@ class JobClient:
         return schedule_from_proto(self._call(self._stub.ResumeSchedule, request).schedule)
 
     def delete_schedule(self, schedule_id: str) -> None:
-        self._call(self._stub.DeleteSchedule, pb.DeleteScheduleRequest(schedule_id=schedule_id))
+        request = pb.DeleteScheduleRequest(schedule_id=schedule_id)
+        self._call(self._stub.DeleteSchedule, request, safe=False)
 
 
 class AsyncJobClient:
@@ -573,9 +636,11 @@ class AsyncJobClient:
         token: str | None = None,
         tls_root_certificates: bytes | None = None,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
+        self.attempts = max(1, attempts)
         self._metadata = _metadata(token)
         if tls_root_certificates is None:
             self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
@@ -599,14 +664,24 @@ class AsyncJobClient:
         await self.close()
 
     async def _call(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        safe: bool = True,
     ) -> Resp:
-        try:
-            return await method(request, timeout=self.timeout_seconds, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(
-                exc, target=self.target, timeout_seconds=self.timeout_seconds
-            ) from exc
+        backoff = FIRST_BACKOFF_SECONDS
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await method(request, timeout=self.timeout_seconds, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if not (safe and attempt < self.attempts and _retryable(exc)):
+                    raise error_from_rpc(
+                        exc, target=self.target, timeout_seconds=self.timeout_seconds
+                    ) from exc
+            await asyncio.sleep(backoff)
+            backoff *= 2
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     async def enqueue(
         self,
@@ -627,11 +702,17 @@ class AsyncJobClient:
             deduplication_id=deduplication_id,
             handler_timeout=handler_timeout,
         )
-        return _enqueue_result(await self._call(self._stub.Enqueue, request))
+        own = _with_own_keys(request)
+        return _enqueue_result(await self._call(self._stub.Enqueue, request), own_key=bool(own))
 
     async def enqueue_batch(self, jobs: Iterable[BatchEntry]) -> list[EnqueueResult]:
-        response = await self._call(self._stub.EnqueueBatch, _batch_request(jobs))
-        return [_enqueue_result(entry) for entry in response.responses]
+        request = _batch_request(jobs)
+        own = _with_own_keys(request)
+        response = await self._call(self._stub.EnqueueBatch, request)
+        return [
+            _enqueue_result(entry, own_key=index in own)
+            for index, entry in enumerate(response.responses)
+        ]
 
     async def get_status(self, job_id: uuid.UUID | str) -> Job:
         request = pb.GetStatusRequest(job_id=str(job_id))
@@ -660,7 +741,7 @@ class AsyncJobClient:
 
     async def retry(self, job_id: uuid.UUID | str) -> Job:
         request = pb.RetryJobRequest(job_id=str(job_id))
-        return job_from_proto((await self._call(self._stub.RetryJob, request)).job)
+        return job_from_proto((await self._call(self._stub.RetryJob, request, safe=False)).job)
 
     async def watch(
         self, job_id: uuid.UUID | str, *, timeout_seconds: float | None = None
@@ -705,7 +786,7 @@ class AsyncJobClient:
             retries=retries,
             handler_timeout=handler_timeout,
         )
-        response = await self._call(self._stub.Schedule, request)
+        response = await self._call(self._stub.Schedule, request, safe=_own_schedule_id(request))
         if response.WhichOneof("created") == "job":
             return job_from_proto(response.job)
         return schedule_from_proto(response.schedule)
@@ -733,4 +814,4 @@ class AsyncJobClient:
 
     async def delete_schedule(self, schedule_id: str) -> None:
         request = pb.DeleteScheduleRequest(schedule_id=schedule_id)
-        await self._call(self._stub.DeleteSchedule, request)
+        await self._call(self._stub.DeleteSchedule, request, safe=False)

@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobsvc.errors import FieldViolation, InvalidArgument
@@ -134,20 +133,27 @@ def to_struct(data: Mapping[str, Any] | None) -> Struct | None:
 
 
 def from_struct(struct: Struct) -> dict[str, Any]:
-    """A Struct as a plain JSON dict, whole numbers as ints."""
-    value = _whole_numbers(json_format.MessageToDict(struct))
-    assert isinstance(value, dict)
-    return value
+    """A Struct as a plain JSON dict, whole numbers as ints. NaN and infinities come through as
+    floats, for the payload's own check to name (json_format refuses them with a ValueError)."""
+    return {key: _from_value(value) for key, value in struct.fields.items()}
 
 
-def _whole_numbers(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value) if abs(value) <= _EXACT_INTEGERS else value
-    if isinstance(value, dict):
-        return {key: _whole_numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(item) for item in value]
-    return value
+def _from_value(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [_from_value(item) for item in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        if math.isfinite(number) and number.is_integer() and abs(number) <= _EXACT_INTEGERS:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null_value, or no kind set
 
 
 # -- enums ----------------------------------------------------------------------------------------

@@ -23,12 +23,14 @@ from grpc_status import rpc_status
 
 from jobsvc.broker.errors import BrokerRejected, BrokerUnsupported
 from jobsvc.errors import (
+    MAX_LISTED_VIOLATIONS,
     AlreadyExists,
     BrokerUnavailable,
     InvalidArgument,
     InvalidState,
     JobNotFound,
     JobServiceError,
+    MalformedRequest,
     Overloaded,
     ScheduleNotFound,
     StorageUnavailable,
@@ -40,9 +42,16 @@ log = logging.getLogger("jobsvc.rpc")
 DOMAIN = "jobsvc"
 INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
+# gRPC refuses trailers (message and details) above 16 KiB, and the caller then sees
+# RESOURCE_EXHAUSTED instead of the error. In UTF-8 bytes: the message travels percent-encoded
+# (up to 3 characters a byte), the details base64-encoded; 20 violations fit in under 12 KiB.
+MAX_MESSAGE_BYTES = 1024
+MAX_FIELD_BYTES = 120
+MAX_DESCRIPTION_BYTES = 200
 
 STATUS_CODES: dict[type[JobServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     ScheduleNotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
@@ -69,8 +78,34 @@ def _status(code: grpc.StatusCode, message: str, *details: Any) -> grpc.Status:
         container.Pack(detail)
         packed.append(container)
     return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message, details=packed)
+        status_pb2.Status(
+            code=code.value[0], message=_cut(message, MAX_MESSAGE_BYTES), details=packed
+        )
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "..."
+
+
+def _violations_message(violations: list[tuple[str, str]], total: int) -> str:
+    """As many violations as fit in the message; it says how many more there are."""
+    parts: list[str] = []
+    size = 0
+    for field, description in violations:
+        part = f"{field}: {description}"
+        size += len(part.encode()) + 2
+        if size > MAX_MESSAGE_BYTES - 32:  # room for "; and N more"
+            break
+        parts.append(part)
+    message = "; ".join(parts)
+    if total > len(parts):
+        message += f"; and {total - len(parts)} more"
+    return message
 
 
 def code_of(error: JobServiceError) -> grpc.StatusCode | None:
@@ -93,18 +128,23 @@ def status_of(error: JobServiceError) -> grpc.Status:
         )
         return internal_status()
     details: list[Any] = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)]
+    message = error.message
     if isinstance(error, InvalidArgument):
+        # The first violations, each bounded; the message says how many more there were.
+        listed = [
+            (_cut(v.field, MAX_FIELD_BYTES), _cut(v.description, MAX_DESCRIPTION_BYTES))
+            for v in error.violations[:MAX_LISTED_VIOLATIONS]
+        ]
+        message = _violations_message(listed, len(error.violations))
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=text)
+                    for field, text in listed
                 ]
             )
         )
-    return _status(code, error.message, *details)
+    return _status(code, message, *details)
 
 
 def internal_status() -> grpc.Status:

@@ -13,12 +13,16 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from jobsvc.errors import FieldViolation, InvalidArgument
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from jobsvc.crons import cron_violations, time_zone_violations
+from jobsvc.errors import FieldViolation, InvalidArgument, quoted
 from jobsvc.jobs import DEFAULT_RETRIES, MAX_RETRIES, EnqueueOptions, JobState, JobType
 from jobsvc.payloads import MAX_ID_LENGTH, MAX_PAYLOAD_BYTES, Payload
 from jobsvc.rpc import conversion
-from jobsvc.rpc.cron import cron_violations, time_zone_violations
 from jobsvc.service.jobs import EnqueueRequest
 from jobsvc.v1 import job_service_pb2 as pb
 
@@ -55,7 +59,7 @@ def job_id(value: str, field: str = "job_id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument(FieldViolation(field, f"is not a UUID: {value[:64]!r}")) from None
+        raise InvalidArgument(FieldViolation(field, f"is not a UUID: {quoted(value)}")) from None
 
 
 def schedule_id(value: str) -> str:
@@ -211,7 +215,7 @@ def schedule(message: pb.ScheduleRequest) -> CronArgs | EnqueueRequest:
         found.extend(exc)
     retries = message.retries if message.HasField("retries") else DEFAULT_RETRIES
     if timing == "cron":
-        found.found.extend(cron_violations(message.cron))
+        found.found.extend(cron_violations(message.cron, message.time_zone or None))
         if message.time_zone:
             found.found.extend(time_zone_violations(message.time_zone))
         if message.schedule_id and not _SCHEDULE_ID.fullmatch(message.schedule_id):
@@ -257,3 +261,53 @@ def renamed(error: InvalidArgument, names: dict[str, str]) -> InvalidArgument:
     return InvalidArgument(
         [FieldViolation(names.get(v.field, v.field), v.description) for v in error.violations]
     )
+
+
+# -- text the database cannot hold ------------------------------------------------------------
+
+_STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST_VALUE = "google.protobuf.ListValue"
+
+
+def _unstorable(text: str) -> bool:
+    # PostgreSQL text and jsonb cannot hold NUL (SQLite can): refused alike on both databases.
+    return "\x00" in text
+
+
+def unstorable_text(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every string of ``message`` (nested messages, repeated fields, Struct keys and values)
+    that the database cannot store, by its field path; empty if there is none."""
+    found: list[FieldViolation] = []
+    name = message.DESCRIPTOR.full_name
+    if name == _STRUCT:
+        for key, value in message.fields.items():  # type: ignore[attr-defined]
+            path = f"{prefix}.{key}" if prefix else key
+            if _unstorable(key):
+                found.append(FieldViolation(prefix or path, "must not contain NUL characters"))
+            found += unstorable_text(value, path)
+        return found
+    if name == _LIST_VALUE:
+        for index, item in enumerate(message.values):  # type: ignore[attr-defined]
+            found += unstorable_text(item, f"{prefix}[{index}]")
+        return found
+    if name == _VALUE:
+        kind = message.WhichOneof("kind")
+        if kind == "string_value" and _unstorable(message.string_value):  # type: ignore[attr-defined]
+            found.append(FieldViolation(prefix, "must not contain NUL characters"))
+        elif kind in ("struct_value", "list_value"):
+            found += unstorable_text(getattr(message, kind), prefix)
+        return found
+    for field, value in message.ListFields():
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        items: list[tuple[str, Any]] = (
+            [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+            if field.is_repeated
+            else [(path, value)]
+        )
+        for item_path, item in items:
+            if field.type == FieldDescriptor.TYPE_STRING and _unstorable(item):
+                found.append(FieldViolation(item_path, "must not contain NUL characters"))
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                found += unstorable_text(item, item_path)
+    return found

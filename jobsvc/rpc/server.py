@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobsvc.rpc.auth import BearerTokenInterceptor
+from jobsvc.rpc.guard import RequestGuard
 from jobsvc.rpc.servicer import JobServicer
 from jobsvc.service.jobs import JobService
 from jobsvc.v1 import job_service_pb2, job_service_pb2_grpc
@@ -81,7 +82,10 @@ def build_server(
     reflection stay open). ``tls``: (certificate chain PEM, private key PEM) to serve TLS
     instead of plaintext. The server is started by :meth:`JobServer.start`.
     """
-    interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
+    # The token is checked first: an unauthenticated call is refused before anything is read.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestGuard()]
+    if auth_token:
+        interceptors.insert(0, BearerTokenInterceptor(auth_token))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

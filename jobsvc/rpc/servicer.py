@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from jobsvc.crons import next_run_time
 from jobsvc.errors import InvalidArgument, InvalidState
 from jobsvc.jobs import JobState, Schedule
 from jobsvc.rpc import requests
 from jobsvc.rpc.conversion import job_to_proto, schedule_to_proto
-from jobsvc.rpc.cron import next_run_time
 from jobsvc.rpc.errors import Context, server_stream, unary
 from jobsvc.service.jobs import EnqueueRequest, JobService
 from jobsvc.v1 import job_service_pb2 as pb

@@ -9,9 +9,13 @@ own guarded transitions (claim, complete, fail) as the sidecar would.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,9 +38,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from qstash import QStash
+from sqlalchemy import Engine
 
 from jobsvc.broker import QStashBroker, SidecarUrls
-from jobsvc.db import JobLog, utc_now
+from jobsvc.db import JobLog, pages, utc_now
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.rpc import JobServer, build_server, serve
 from jobsvc.rpc.errors import unary
@@ -1060,3 +1065,274 @@ async def test_grpcurl_lists_describes_and_calls_the_contract(
     assert scheduled["schedule"]["cron"] == "0 9 * * *"
     assert scheduled["schedule"]["crm_match"] == {"listing_id": "L1", "agent_id": "A1"}
     assert scheduled["schedule"]["schedule_id"]
+
+
+# -- hostile input --------------------------------------------------------------------------------
+
+
+def _notification(data: dict[str, Any]) -> pb.EnqueueRequest:
+    template_data = Struct()
+    template_data.update(data)
+    return pb.EnqueueRequest(
+        send_notification=payloads_pb2.SendNotification(
+            type=payloads_pb2.NOTIFICATION_TYPE_CONFIRMATION,
+            recipient_id="R1",
+            template_id="T1",
+            template_data=template_data,
+        )
+    )
+
+
+def _cron(cron: str, **options: Any) -> pb.ScheduleRequest:
+    return pb.ScheduleRequest(
+        crm_match=payloads_pb2.CrmMatch(listing_id="L1", agent_id="A1"), cron=cron, **options
+    )
+
+
+async def _counts(stub: job_service_pb2_grpc.JobServiceStub) -> tuple[int, int]:
+    schedules = await stub.ListSchedules(pb.ListSchedulesRequest(page_size=1000))
+    return len(await all_jobs(stub)), len(schedules.schedules)
+
+
+async def test_hostile_well_formed_requests_are_invalid_argument_naming_the_field(
+    stub: job_service_pb2_grpc.JobServiceStub,
+) -> None:
+    """Values that reached unguarded code (INTERNAL), the broker (UNAVAILABLE) or, on
+    PostgreSQL only, the database (UNAVAILABLE): refused alike on both databases, nothing
+    written."""
+    await stub.Enqueue(crm())
+    await stub.Schedule(_cron("0 9 * * *", schedule_id="daily"))
+    before = await _counts(stub)
+    cases: list[tuple[Awaitable[Any], list[str]]] = [
+        (stub.Enqueue(_notification({"n": float("nan")})), ["send_notification.template_data"]),
+        (stub.Enqueue(_notification({"n": [float("inf")]})), ["send_notification.template_data"]),
+        (
+            stub.Enqueue(_notification({"a": {"b": -float("inf")}})),
+            ["send_notification.template_data"],
+        ),
+        (stub.Schedule(_cron("0 9 * * *", time_zone="America")), ["time_zone"]),
+        (stub.Schedule(_cron("0 9 * * *", time_zone="Asia")), ["time_zone"]),
+        (stub.Schedule(_cron("0 9 * * *", time_zone="Etc")), ["time_zone"]),
+        (stub.Schedule(_cron("0 9 * * *", time_zone="Europe/" + "x" * 300)), ["time_zone"]),
+        # 31 February: valid syntax, never fires.
+        (stub.Schedule(_cron("0 0 31 2 *")), ["cron"]),
+        (stub.Schedule(_cron("0 0 30 2 *", schedule_id="daily")), ["cron"]),
+        # NUL, which PostgreSQL text cannot hold.
+        (stub.Schedule(_cron("0 9 * * *\x00")), ["cron"]),
+        (stub.GetSchedule(pb.GetScheduleRequest(schedule_id="daily\x00")), ["schedule_id"]),
+        (stub.PauseSchedule(pb.PauseScheduleRequest(schedule_id="\x00")), ["schedule_id"]),
+        (stub.DeleteSchedule(pb.DeleteScheduleRequest(schedule_id="d\x00")), ["schedule_id"]),
+        (stub.ListJobs(pb.ListJobsRequest(schedule_id="daily\x00")), ["schedule_id"]),
+        (
+            stub.Enqueue(_notification({"k": "a\x00b"})),
+            ["send_notification.template_data.k"],
+        ),
+        (
+            stub.EnqueueBatch(
+                pb.EnqueueBatchRequest(requests=[crm(), _notification({"l": ["ok", "\x00"]})])
+            ),
+            ["requests[1].send_notification.template_data.l[1]"],
+        ),
+    ]
+    for call, fields in cases:
+        got = await rejected(call)
+        assert (got.code, got.reason, got.fields) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            fields,
+        ), fields
+    assert await _counts(stub) == before
+    # The schedule a refused update named is untouched.
+    daily = await stub.GetSchedule(pb.GetScheduleRequest(schedule_id="daily"))
+    assert daily.schedule.cron == "0 9 * * *"
+
+
+def _signed(document: bytes, key: bytes) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    mac = hmac.new(key, document, hashlib.sha256).digest()[:16]
+    return f"{b64(document)}.{b64(mac)}"
+
+
+async def test_page_tokens_cannot_be_forged_and_are_read_defensively(
+    stub: job_service_pb2_grpc.JobServiceStub, engine: Engine
+) -> None:
+    for listing in ("L1", "L2", "L3"):
+        await stub.Enqueue(crm(listing))
+    await stub.Schedule(_cron("0 9 * * *", schedule_id="a"))
+    await stub.Schedule(_cron("0 9 * * *", schedule_id="b"))
+    jobs_token = (await stub.ListJobs(pb.ListJobsRequest(page_size=1))).next_page_token
+    schedules_token = (
+        await stub.ListSchedules(pb.ListSchedulesRequest(page_size=1))
+    ).next_page_token
+    body, signature = jobs_token.split(".")
+    all_filters = pages.fingerprint([], [], None, None, None)
+    # Guessable, unsigned documents as tokens used to be: the fingerprint is no secret.
+    unsigned = base64.urlsafe_b64encode(
+        json.dumps({"k": ["x", "y"], "f": all_filters}).encode()
+    ).decode()
+    forged = [
+        unsigned,
+        f"{unsigned}.{signature}",
+        f"{body}.{signature[:-2]}AA",
+        f"{body[:-2]}AA.{signature}",
+        schedules_token,
+        ".",
+        "a.b.c",
+        "\u00e9.\u00e9",
+        "x" * 100_000,
+    ]
+    # Signed with the key the server uses, yet unreadable: each still a refusal, never INTERNAL.
+    key = pages.derived_key(engine.url.render_as_string(hide_password=False))
+    job_id = str(uuid.uuid4())
+    signed_but_bad = [
+        _signed(json.dumps({"k": position, "f": all_filters}).encode(), key)
+        for position in (
+            ["2026-01-01T00:00:00", job_id],  # naive
+            ["+99999-01-01T00:00:00+00:00", job_id],
+            ["2026-01-01T00:00:00+00:00", "garbage"],
+            ["2026-01-01T00:00:00+25:00", job_id],
+            [1, 2],
+            [["nested"], job_id],
+        )
+    ] + [
+        _signed(json.dumps({"x": 1}).encode(), key),
+        _signed(b"[" * 100_000 + b"]" * 100_000, key),
+        _signed(b"\xff\xfe", key),
+    ]
+    for token in forged + signed_but_bad:
+        got = await rejected(stub.ListJobs(pb.ListJobsRequest(page_size=1, page_token=token)))
+        assert (got.code, got.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), token
+    for token in [*forged[:4], jobs_token, _signed(b'{"k":[1],"f":"x"}', key)]:
+        got = await rejected(stub.ListSchedules(pb.ListSchedulesRequest(page_token=token)))
+        assert (got.code, got.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), token
+    # The real ones still page.
+    rest = await stub.ListJobs(pb.ListJobsRequest(page_size=5, page_token=jobs_token))
+    assert len(rest.jobs) == 2
+    after = await stub.ListSchedules(pb.ListSchedulesRequest(page_token=schedules_token))
+    assert [s.schedule_id for s in after.schedules] == ["b"]
+
+
+def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+@transport_only
+async def test_undecodable_bytes_are_invalid_argument_and_log_no_traceback(
+    rpc: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = [b"\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11, b"\x12\x80\x80\x80\x80\x10"]
+    async with grpc.aio.insecure_channel(rpc.address) as channel:
+        with caplog.at_level(logging.DEBUG):
+            for method in ("Enqueue", "EnqueueBatch", "GetStatus", "Schedule", "ListJobs"):
+                call = channel.unary_unary(f"/jobsvc.v1.JobService/{method}")
+                for data in garbage:
+                    got = await rejected(call(data))
+                    assert (got.code, got.reason) == (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "MALFORMED_REQUEST",
+                    ), (method, data)
+            watch = channel.unary_stream("/jobsvc.v1.JobService/WatchJob")
+            got = await rejected_stream(watch(b"\xff\xff"))
+            assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+            check = channel.unary_unary("/grpc.health.v1.Health/Check")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await check(b"\xff\xff")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _errors_logged(caplog) == []
+
+
+@transport_only
+async def test_unauthenticated_garbage_is_unauthenticated_and_logs_no_traceback(
+    make_rpc: MakeRpc, caplog: pytest.LogCaptureFixture
+) -> None:
+    rpc = await make_rpc(auth_token="s3cret")
+    async with grpc.aio.insecure_channel(rpc.address) as channel:
+        with caplog.at_level(logging.DEBUG):
+            for method in ("Enqueue", "ListJobs"):
+                call = channel.unary_unary(f"/jobsvc.v1.JobService/{method}")
+                got = await rejected(call(b"\xff\xff\xff"))
+                assert (got.code, got.reason) == (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "UNAUTHENTICATED",
+                )
+            watch = channel.unary_stream("/jobsvc.v1.JobService/WatchJob")
+            got = await rejected_stream(watch(b"\xff\xff"))
+            assert got.code == grpc.StatusCode.UNAUTHENTICATED
+            # Authenticated, the same bytes are a malformed request.
+            call = channel.unary_unary("/jobsvc.v1.JobService/Enqueue")
+            got = await rejected(call(b"\xff\xff", metadata=(("authorization", "Bearer s3cret"),)))
+            assert got.reason == "MALFORMED_REQUEST"
+    assert _errors_logged(caplog) == []
+
+
+async def test_errors_about_huge_input_stay_small_and_name_the_field(
+    stub: job_service_pb2_grpc.JobServiceStub,
+) -> None:
+    """Errors echoing what was sent stayed under gRPC's 16 KiB trailer limit only for small
+    input; above it the caller saw RESOURCE_EXHAUSTED instead of the error."""
+    before = await _counts(stub)
+    platform = "p" * 9000
+    cases: list[tuple[Awaitable[Any], grpc.StatusCode, list[str]]] = [
+        (
+            stub.Enqueue(
+                pb.EnqueueRequest(
+                    syndicate_listing=payloads_pb2.SyndicateListing(
+                        listing_id="L1", platforms=[platform]
+                    )
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["syndicate_listing.platforms[0]"],
+        ),
+        (
+            stub.Enqueue(
+                pb.EnqueueRequest(
+                    syndicate_listing=payloads_pb2.SyndicateListing(
+                        listing_id="L1", platforms=["zillow", "x" * 9000, "zillow"]
+                    )
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["syndicate_listing.platforms[1]", "syndicate_listing.platforms[2]"],
+        ),
+        (
+            stub.GetSchedule(pb.GetScheduleRequest(schedule_id="s" * 20_000)),
+            grpc.StatusCode.NOT_FOUND,
+            [],
+        ),
+        (
+            stub.Schedule(_cron("0 9 * * *", schedule_id="s" * 20_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["schedule_id"],
+        ),
+        (
+            stub.Schedule(_cron("0 9 * * * " + "1" * 20_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["cron"],
+        ),
+        (
+            stub.Schedule(_cron("0 9 * * " + "1" * 20_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["cron"],
+        ),
+        (
+            stub.GetStatus(pb.GetStatusRequest(job_id="j" * 100_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            ["job_id"],
+        ),
+    ]
+    for call, code, fields in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        got = rejection_of(info.value)
+        assert (got.code, got.fields) == (code, fields)
+        assert len(info.value.details() or "") < 1000
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.EnqueueBatch(pb.EnqueueBatchRequest(requests=[pb.EnqueueRequest()] * 200))
+    got = rejection_of(info.value)
+    assert got.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert got.fields == [f"requests[{i}].payload" for i in range(20)]
+    assert re.search(r"; and 1\d\d more$", info.value.details() or "")
+    assert await _counts(stub) == before

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from jobsvc.broker.errors import BrokerRejected, BrokerUnsupported
+from jobsvc.crons import cron_violations, next_run_time, time_zone_violations
 from jobsvc.errors import (
     AlreadyExists,
     BrokerUnavailable,
@@ -38,7 +39,6 @@ from jobsvc.payloads import (
     SyndicateListing,
 )
 from jobsvc.rpc import conversion, requests
-from jobsvc.rpc.cron import cron_violations, next_run_time, time_zone_violations
 from jobsvc.rpc.errors import STATUS_CODES, status_of
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import jobs_pb2, payloads_pb2
