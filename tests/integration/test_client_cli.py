@@ -659,9 +659,11 @@ def test_cli_operates_the_service(
     # a job in the dead-letter queue, retried
     agents.refusing.add("A-refuses")
     refusing = '{"listingId":"L2","agentId":"A-refuses"}'
-    final = json.loads(
-        jobsvc("enqueue", "crm-match", refusing, "--retries", "0", "--wait", "--json")
+    code, out, err = main_in_process(
+        capsys, "enqueue", "crm-match", refusing, "--retries", "0", "--wait", "--json", *target
     )
+    assert (code, err) == (3, "")  # --wait: the job failed
+    final = json.loads(out)
     failed_id = final["job"]["id"]
     assert final["deduplicated"] is False
     assert final["job"]["state"] == "JOB_STATE_FAILED"
@@ -693,6 +695,9 @@ def test_cli_operates_the_service(
     reminder_id = match[1]
     assert jobsvc("cancel", reminder_id) == f"job {reminder_id} cancelled\n"
     assert jobsvc("cancel", reminder_id) == f"job {reminder_id} cancelled\n"
+    code, out, err = main_in_process(capsys, "status", reminder_id, "--wait", *target)
+    assert (code, err) == (4, "")  # --wait: the job was cancelled
+    assert re.search(r"^state\s+cancelled$", out, re.MULTILINE), out
     assert jobsvc("enqueue", "send-reminder", reminder, "--dedup", "APP1-day3") == (
         f"job {reminder_id} already exists with deduplication id APP1-day3: "
         "send-reminder, cancelled\n"
