@@ -30,8 +30,9 @@ ENV PATH=/opt/jobsvc/bin:$PATH \
 USER jobsvc
 WORKDIR /data
 EXPOSE 50051 8000
-# The gRPC health service; the sidecar role overrides it with its readiness URL (see above).
+# The gRPC health service of the server these settings configure (its port, TLS from
+# JOBSVC_TLS_*; see the README); the sidecar role overrides it with its readiness URL (see above).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s \
-    CMD ["jobsvc", "health", "--target", "127.0.0.1:50051"]
+    CMD ["jobsvc", "health"]
 ENTRYPOINT ["jobsvc"]
 CMD ["rpc"]

@@ -46,9 +46,18 @@ class AsgiServer:
         # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that name the protocol; without
         # it Nagle holds back each response body until the client's delayed ACK (40 ms).
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            self.port = sock.getsockname()[1]
+            await self._serve(sock)
+        except BaseException:
+            if self._task is not None:
+                self._task.cancel()
+            sock.close()  # uvicorn closes it once serving; until then it is ours
+            raise
+
+    async def _serve(self, sock: socket.socket) -> None:
         config = uvicorn.Config(
             self.app,
             log_level="warning",

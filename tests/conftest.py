@@ -1,10 +1,17 @@
-"""Shared fixtures: throw-away PostgreSQL databases, SQLite files and local HTTP receivers."""
+"""Shared fixtures: throw-away PostgreSQL databases, SQLite files and local HTTP receivers.
+
+Migrating a database with Alembic takes seconds; copying a migrated one takes milliseconds. So
+each run migrates one template (a PostgreSQL database, a SQLite file) for both the job log and
+the local QStash store (their tables and version tables differ, so they share it) and every test
+gets a copy: ``database_url``. Tests of the migrations themselves take ``empty_database_url``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +33,17 @@ def _admin_url() -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _create_database(prefix: str) -> tuple[str, str]:
-    """Create an empty database; return (name, SQLAlchemy URL for it)."""
+def _create_database(prefix: str, template: str = "template0") -> tuple[str, str]:
+    """Create a database as a copy of ``template`` (empty: template0); return (name, SQLAlchemy
+    URL for it). The template must have no open connections."""
     name = f"{prefix}{secrets.token_hex(6)}"
     admin = _admin_url()
     try:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
             )
     except psycopg.OperationalError as exc:
         pytest.fail(
@@ -63,31 +73,69 @@ def postgres_url() -> Iterator[str]:
         _drop_database(name)
 
 
-class _PerTestDatabases:
-    """Hands out fresh PostgreSQL databases, creating the next one ahead of time.
+def _migrate(url: str) -> None:
+    """Bring ``url`` to the newest schema of both the job log and the local QStash store."""
+    from jobsvc.db import create_database_engine, upgrade
+    from jobsvc.localqstash import schema as qstash_schema
+    from jobsvc.localqstash.store import create_store_engine
 
-    CREATE DATABASE ... TEMPLATE template0 copies ~7 MB through the WAL and fsyncs it,
-    which took 25-200 ms here depending on disk latency. A single background thread keeps
-    one database ready and drops used ones, so tests rarely wait for either.
+    for engine, migrate in (
+        (create_database_engine(url), upgrade),
+        (create_store_engine(url), qstash_schema.upgrade),
+    ):
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()  # a template with a connection open cannot be copied
+
+
+def _create_template() -> tuple[str, str]:
+    name, url = _create_database("jobsvc_tpl_")
+    try:
+        _migrate(url)
+    except BaseException:
+        _drop_database(name)
+        raise
+    return name, url
+
+
+class _PerTestDatabases:
+    """Hands out fresh PostgreSQL databases, migrated (copies of a template migrated once per
+    run) or empty, creating the next one of each kind ahead of time.
+
+    CREATE DATABASE ... TEMPLATE copies ~7 MB through the WAL and fsyncs it, which took
+    25-200 ms here depending on disk latency. A single background thread (the only one that
+    touches the template, so it never has a connection open while copied) keeps one database
+    of each kind ready and drops used ones, so tests rarely wait for either.
     """
 
     def __init__(self) -> None:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-test-db")
-        self._ready: Future[tuple[str, str]] | None = None
+        self._template: str | None = None
+        self._ready: dict[bool, Future[tuple[str, str]]] = {}
         self._drops: list[Future[None]] = []
 
-    def acquire(self) -> tuple[str, str]:
-        current = self._ready or self._worker.submit(_create_database, "jobsvc_t_")
-        self._ready = self._worker.submit(_create_database, "jobsvc_t_")
+    def _create(self, migrated: bool) -> tuple[str, str]:
+        if not migrated:
+            return _create_database("jobsvc_t_")
+        if self._template is None:
+            self._template = _create_template()[0]
+        return _create_database("jobsvc_t_", self._template)
+
+    def acquire(self, *, migrated: bool) -> tuple[str, str]:
+        current = self._ready.get(migrated) or self._worker.submit(self._create, migrated)
+        self._ready[migrated] = self._worker.submit(self._create, migrated)
         return current.result()
 
     def release(self, name: str) -> None:
         self._drops.append(self._worker.submit(_drop_database, name))
 
     def close(self) -> None:
-        if self._ready is not None:
+        for ready in self._ready.values():
             with contextlib.suppress(BaseException):  # its error was not anyone's test
-                self.release(self._ready.result()[0])
+                self.release(ready.result()[0])
+        if self._template is not None:
+            self.release(self._template)
         self._worker.shutdown(wait=True)
         for drop in self._drops:
             drop.result()  # surface a failed DROP
@@ -102,22 +150,47 @@ def _per_test_databases() -> Iterator[_PerTestDatabases]:
         databases.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy URL of an empty database of each kind, private to this test.
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per run, copied by each test that wants one."""
+    path = tmp_path_factory.mktemp("template") / "migrated.sqlite3"
+    _migrate(f"sqlite:///{path}")
+    # Closing the last connection checkpointed the WAL into the file and removed it.
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
 
-    PostgreSQL: a brand-new database (CREATE DATABASE jobsvc_t_<random> TEMPLATE template0),
-    dropped WITH (FORCE) after the test.
-    """
+
+def _database(request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bool) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'qstash.sqlite3'}"
+        path = tmp_path / "qstash.sqlite3"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     databases: _PerTestDatabases = request.getfixturevalue("_per_test_databases")
-    name, url = databases.acquire()
+    name, url = databases.acquire(migrated=migrated)
     try:
         yield url
     finally:
         databases.release(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of a database of each kind, private to this test, already at the newest
+    schema of the job log and the local QStash store (migrating it again is a no-op).
+
+    PostgreSQL: CREATE DATABASE jobsvc_t_<random> TEMPLATE <this run's migrated template>,
+    dropped WITH (FORCE) after the test. SQLite: a copy of this run's migrated file.
+    """
+    yield from _database(request, tmp_path, migrated=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Like ``database_url`` but empty, never migrated (PostgreSQL: TEMPLATE template0; SQLite:
+    no file yet), for tests of the migrations and of what happens before them."""
+    yield from _database(request, tmp_path, migrated=False)
 
 
 @pytest.fixture

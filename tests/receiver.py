@@ -96,7 +96,8 @@ class Delivery:
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
     # (host, port) of the client socket: equal ports mean a reused keep-alive connection.
     client: tuple[str, int] | None = None
-    # The response chosen for this request (set before any delay) and when it was sent.
+    # The response chosen for this request (set before any delay) and when it was sent (set
+    # before the last byte goes out, so never None once the client has the response).
     response: Response | None = None
     responded_at: float | None = None
 
@@ -461,8 +462,9 @@ class Receiver:
         await send(
             {"type": "http.response.start", "status": response.status, "headers": out_headers}
         )
-        await send({"type": "http.response.body", "body": body_out})
+        # Set before the body goes out: a client holding the response sees it set.
         delivery.responded_at = time.monotonic()
+        await send({"type": "http.response.body", "body": body_out})
 
     @staticmethod
     async def _resolve(spec: ResponseSpec, delivery: Delivery) -> Response:

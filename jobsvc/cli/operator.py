@@ -6,7 +6,8 @@ Each takes ``--target`` (else ``JOBSVC_TARGET``, else localhost:50051), ``--toke
 roots) and ``--json`` (print the RPC's response as the API's JSON, as grpcurl does). Exit codes: 0
 done; 1 the service refused the request or could not be reached, said in one line with the
 error's reason (``jobsvc status: JOB_NOT_FOUND job ... not found``); 2 a command line that cannot
-be used (bad JSON, an unknown payload field, a bad duration or time).
+be used (bad JSON, an unknown payload field, a bad duration or time); with ``--wait``, 3 the job
+ended failed and 4 it ended cancelled (its status is printed all the same).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from jobsvc.jobs import Job, JobState, JobType, Schedule
 from jobsvc.payloads import PAYLOAD_TYPES, Payload
 
 if TYPE_CHECKING:  # grpc is imported only when a command runs, not for every `jobsvc --help`
-    from jobsvc.rpc import JobClient
+    from jobsvc.rpc import EnqueueResult, JobClient
 
 DEFAULT_TARGET = "localhost:50051"  # jobsvc.rpc.client.DEFAULT_TARGET, without importing grpc
 JOB_TYPES = [job_type.value for job_type in JobType]
@@ -37,6 +39,15 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 class UsageError(Exception):
     """A command line that cannot be turned into a request (exit code 2)."""
+
+
+# How a waited-for job ended, as the exit code of `--wait` (0: completed).
+EXIT_FAILED = 3
+EXIT_CANCELLED = 4
+_ENDED_CODES = {JobState.FAILED: EXIT_FAILED, JobState.CANCELLED: EXIT_CANCELLED}
+WAIT_HELP = (
+    f"wait for the job to end; exit 0 completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled"
+)
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -167,11 +178,11 @@ def add_parser(commands: Any) -> None:
         "--at", type=moment, metavar="TIME", help="run no sooner than this ISO 8601 time"
     )
     enqueue.add_argument("--dedup", metavar="ID", help="deduplication id (idempotency key)")
-    enqueue.add_argument("--wait", action="store_true", help="wait for the job to end")
+    enqueue.add_argument("--wait", action="store_true", help=WAIT_HELP)
 
     status = command("status", "show a job: state, attempts, times, result, errors, history")
     status.add_argument("job_id", metavar="JOB_ID")
-    status.add_argument("--wait", action="store_true", help="wait for the job to end first")
+    status.add_argument("--wait", action="store_true", help=WAIT_HELP)
 
     jobs = command("jobs", "list jobs, newest first")
     jobs.add_argument("--state", action="append", choices=STATES, help="repeat for several")
@@ -235,6 +246,18 @@ def add_parser(commands: Any) -> None:
 Output = str | dict[str, Any]  # text for people, or the response as JSON (--json)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What a command that waited for a job prints, and the exit code of how the job ended."""
+
+    output: Output
+    code: int
+
+    @classmethod
+    def of(cls, job: Job, output: Output) -> Ended:
+        return cls(output, _ENDED_CODES.get(job.state, 0))
+
+
 def run(args: argparse.Namespace) -> int:
     name = args.command if args.command != "schedule" else f"schedule {args.action}"
     try:
@@ -254,12 +277,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(name, f"{exc.reason} {exc.message}")
     except KeyboardInterrupt:
         return 130
-    text = output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
+    ended = output if isinstance(output, Ended) else Ended(output, 0)
+    code, shown = ended.code, ended.output
+    text = shown if isinstance(shown, str) else json.dumps(shown, indent=2, ensure_ascii=False)
     try:
         print(text, flush=True)
     except BrokenPipeError:  # `jobsvc jobs | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return code
 
 
 def _tls_roots(path: str | None) -> bytes | None:
@@ -272,7 +297,7 @@ def _tls_roots(path: str | None) -> bytes | None:
         raise UsageError(f"cannot read the TLS CA file {path}: {exc.strerror or exc}") from None
 
 
-def _enqueue(client: JobClient, args: argparse.Namespace, payload: Any) -> Output:
+def _enqueue(client: JobClient, args: argparse.Namespace, payload: Any) -> Output | Ended:
     result = client.enqueue(
         payload,
         delay=args.delay,
@@ -282,6 +307,12 @@ def _enqueue(client: JobClient, args: argparse.Namespace, payload: Any) -> Outpu
         handler_timeout=args.timeout,
     )
     job = client.wait(result.job.id) if args.wait else result.job
+    if args.wait:
+        return Ended.of(job, _enqueued(result, job, args))
+    return _enqueued(result, job, args)
+
+
+def _enqueued(result: EnqueueResult, job: Job, args: argparse.Namespace) -> Output:
     if args.json:
         return {"job": _json(job), "deduplicated": result.deduplicated}
     if result.deduplicated:
@@ -294,9 +325,10 @@ def _enqueue(client: JobClient, args: argparse.Namespace, payload: Any) -> Outpu
     return f"{line}\n\n{_status_text(job)}" if args.wait else line
 
 
-def _status(client: JobClient, args: argparse.Namespace, payload: Any) -> Output:
+def _status(client: JobClient, args: argparse.Namespace, payload: Any) -> Output | Ended:
     job = client.wait(args.job_id) if args.wait else client.get_status(args.job_id)
-    return {"job": _json(job)} if args.json else _status_text(job)
+    output = {"job": _json(job)} if args.json else _status_text(job)
+    return Ended.of(job, output) if args.wait else output
 
 
 def _jobs(client: JobClient, args: argparse.Namespace, payload: Any) -> Output:
@@ -387,7 +419,7 @@ def _schedule_delete(client: JobClient, args: argparse.Namespace, payload: Any) 
     return {} if args.json else f"schedule {args.schedule_id} deleted"
 
 
-_COMMANDS: dict[str, Callable[[JobClient, argparse.Namespace, Any], Output]] = {
+_COMMANDS: dict[str, Callable[[JobClient, argparse.Namespace, Any], Output | Ended]] = {
     "enqueue": _enqueue,
     "status": _status,
     "jobs": _jobs,

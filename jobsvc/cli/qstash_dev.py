@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobsvc.cli.ports import Listener, unavailable
 from jobsvc.cli.process import fail, run_async, safe_url
 from jobsvc.localqstash.settings import LocalQStashSettings
 
@@ -53,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return fail("qstash-dev", str(exc), 2)
+    listener = Listener(
+        "local QStash server", settings.host, settings.port, "--port or JOBSVC_QSTASH_DEV_PORT"
+    )
+    busy = unavailable([listener])
+    if busy is not None:  # said before the database is opened or migrated
+        return fail("qstash-dev", busy)
     try:
         run_async(_serve(settings))
     except OSError as exc:

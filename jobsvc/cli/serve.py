@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobsvc.cli.ports import Listener, unavailable
 from jobsvc.cli.process import fail, run_async, safe_url
 from jobsvc.errors import JobServiceError
 from jobsvc.settings import BrokerKind, Settings
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         return fail(command, str(exc), 2)
+    busy = unavailable(_listeners(settings, command))
+    if busy is not None:  # said before the database is opened, migrated or written
+        return fail(command, busy)
     try:
         run_async(_serve(settings, command))
     except OSError as exc:
@@ -56,6 +60,24 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # NotMigrated and start-up failures: one readable line
         return fail(command, str(exc) or type(exc).__name__)
     return 0
+
+
+def _listeners(settings: Settings, command: str) -> list[Listener]:
+    listeners = []
+    if command in ("serve", "rpc"):
+        listeners.append(
+            Listener("gRPC", settings.grpc_host, settings.grpc_port, "JOBSVC_GRPC_PORT")
+        )
+    if command in ("serve", "sidecar"):
+        listeners.append(
+            Listener("sidecar", settings.sidecar_host, settings.sidecar_port, "JOBSVC_SIDECAR_PORT")
+        )
+    if command == "serve" and settings.broker is BrokerKind.LOCAL:
+        local = settings.local_qstash
+        listeners.append(
+            Listener("local QStash server", local.host, local.port, "JOBSVC_QSTASH_DEV_PORT")
+        )
+    return listeners
 
 
 async def _serve(settings: Settings, command: str) -> None:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from jobsvc.handlers import MAX_ERROR_LENGTH
+from jobsvc.remote_text import clean_remote_text
 
 __all__ = ["DeliveryResult", "FailureReport", "InvalidFailureCallback", "ResultKind"]
 
@@ -139,11 +140,12 @@ class FailureReport:
             and isinstance(answer.get("message"), str)
         ):
             return clip(answer["message"])
+        # The last answer came from outside (a proxy's error page, say): only its words stay.
         if self.status:
-            text = self.body.decode(errors="replace").strip()
+            text = clean_remote_text(self.body.decode(errors="replace"))
             last = f"HTTP {self.status}" + (f": {text}" if text else "")
         else:
-            last = self.error or "no answer"
+            last = clean_remote_text(self.error or "") or "no answer"
         deliveries = "" if self.retried is None else f" after {self.retried + 1} deliveries"
         return clip(f"QStash gave up{deliveries}; the last one got {last}")
 

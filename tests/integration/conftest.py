@@ -21,7 +21,8 @@ ServerFactory = Callable[..., LocalQStashServer]
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """The job log's engine on a fresh database, migrated to the newest revision."""
+    """The job log's engine on this test's database; ``upgrade`` finds it migrated already
+    (a copy of the template) and checks just that, as ``jobsvc serve`` does at start."""
     engine = create_database_engine(database_url)
     upgrade(engine)
     yield engine

@@ -659,9 +659,11 @@ def test_cli_operates_the_service(
     # a job in the dead-letter queue, retried
     agents.refusing.add("A-refuses")
     refusing = '{"listingId":"L2","agentId":"A-refuses"}'
-    final = json.loads(
-        jobsvc("enqueue", "crm-match", refusing, "--retries", "0", "--wait", "--json")
+    code, out, err = main_in_process(
+        capsys, "enqueue", "crm-match", refusing, "--retries", "0", "--wait", "--json", *target
     )
+    assert (code, err) == (3, "")  # --wait: the job failed
+    final = json.loads(out)
     failed_id = final["job"]["id"]
     assert final["deduplicated"] is False
     assert final["job"]["state"] == "JOB_STATE_FAILED"
@@ -693,6 +695,9 @@ def test_cli_operates_the_service(
     reminder_id = match[1]
     assert jobsvc("cancel", reminder_id) == f"job {reminder_id} cancelled\n"
     assert jobsvc("cancel", reminder_id) == f"job {reminder_id} cancelled\n"
+    code, out, err = main_in_process(capsys, "status", reminder_id, "--wait", *target)
+    assert (code, err) == (4, "")  # --wait: the job was cancelled
+    assert re.search(r"^state\s+cancelled$", out, re.MULTILINE), out
     assert jobsvc("enqueue", "send-reminder", reminder, "--dedup", "APP1-day3") == (
         f"job {reminder_id} already exists with deduplication id APP1-day3: "
         "send-reminder, cancelled\n"
@@ -858,3 +863,97 @@ def test_cli_errors_are_one_readable_line(
     assert down.stderr.count("\n") == 1
     assert failed(bad_json, 2).startswith("jobsvc enqueue: the payload is not valid JSON: ")
     assert bad_json.stderr.count("\n") == 1
+
+
+# -- jobsvc health --------------------------------------------------------------------------------
+
+
+def health(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``jobsvc health <args>`` with only these JOBSVC_* variables, as a container runs it."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("JOBSVC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "jobsvc", "health", *args],
+        capture_output=True,
+        text=True,
+        env=clean | env,
+        timeout=60,
+    )
+
+
+@contextlib.contextmanager
+def _nothing_listening() -> Iterator[int]:
+    """A port held bound but not listening: connections to it are refused, and nothing else can
+    take it while the test runs."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+@sqlite_only
+def test_health_checks_the_configured_server(make_service: MakeService) -> None:
+    port = make_service().parts.rpc_port
+    assert port is not None
+    with _nothing_listening() as free:
+        results = _together(
+            lambda: health(JOBSVC_TARGET=f"127.0.0.1:{port}"),
+            lambda: health(JOBSVC_GRPC_HOST="0.0.0.0", JOBSVC_GRPC_PORT=str(port)),
+            lambda: health("--target", f"127.0.0.1:{port}", JOBSVC_TARGET=f"127.0.0.1:{free}"),
+            # Nothing on the configured target: unhealthy, whatever serves on 50051.
+            lambda: health(JOBSVC_TARGET=f"127.0.0.1:{free}"),
+            lambda: health(JOBSVC_GRPC_PORT=str(free)),
+        )
+    for serving in results[:3]:
+        assert (serving.returncode, serving.stderr) == (0, ""), serving
+    for down in results[3:]:
+        message = failed(down, 1)
+        assert message.startswith(f"jobsvc health: 127.0.0.1:{free} (plaintext): UNAVAILABLE")
+        assert message.count("\n") == 1
+
+
+@sqlite_only
+def test_health_speaks_tls_with_the_servers_settings(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("jobs.example.com")  # not the loopback address the check dials
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls_port = make_service(tls_cert_file=str(cert), tls_key_file=str(key)).parts.rpc_port
+    (tmp_path / "own").mkdir()
+    own_cert, own_key = _self_signed(tmp_path / "own")
+    self_signed_port = make_service(
+        tls_cert_file=str(own_cert), tls_key_file=str(own_key)
+    ).parts.rpc_port
+    server = {"JOBSVC_GRPC_HOST": "0.0.0.0", "JOBSVC_TLS_KEY_FILE": str(key)}
+    results = _together(
+        # A private CA: its roots, and the name the certificate carries.
+        lambda: health(
+            **server,
+            JOBSVC_GRPC_PORT=str(tls_port),
+            JOBSVC_TLS_CERT_FILE=str(cert),
+            JOBSVC_TLS_CA_FILE=str(ca_file),
+            JOBSVC_TLS_SERVER_NAME="jobs.example.com",
+        ),
+        # A self-signed certificate for localhost: the server's own settings are enough.
+        lambda: health(
+            JOBSVC_GRPC_PORT=str(self_signed_port),
+            JOBSVC_TLS_CERT_FILE=str(own_cert),
+            JOBSVC_TLS_KEY_FILE=str(own_key),
+        ),
+        lambda: health(JOBSVC_GRPC_PORT=str(tls_port)),  # plaintext to a TLS server
+        lambda: health(  # the certificate is not for this name
+            JOBSVC_GRPC_PORT=str(tls_port), JOBSVC_TLS_CA_FILE=str(ca_file)
+        ),
+        lambda: health(JOBSVC_GRPC_PORT=str(tls_port), JOBSVC_TLS_CA_FILE="/no/such.pem"),
+    )
+    for serving in results[:2]:
+        assert (serving.returncode, serving.stderr) == (0, ""), serving
+    assert failed(results[2], 1).startswith(f"jobsvc health: 127.0.0.1:{tls_port} (plaintext): ")
+    assert failed(results[3], 1).startswith(f"jobsvc health: 127.0.0.1:{tls_port} (TLS): ")
+    assert failed(results[4], 2) == (
+        "jobsvc health: cannot read /no/such.pem: No such file or directory\n"
+    )

@@ -306,6 +306,30 @@ async def test_a_platform_down_without_retry_after_leaves_the_wait_to_the_backof
     assert handlers.notes(job)["platform:facebook"] == published(systems, FACEBOOK)
 
 
+async def test_a_platforms_html_error_page_leaves_only_its_words_in_the_error(
+    systems: ExternalSystems, handlers: Handlers
+) -> None:
+    page = (
+        "<html><head><title>503 Service Unavailable</title><style>h1 { color: red }</style>"
+        "</head><body>\r\n<h1>Service Unavailable</h1>\x00\r\n<script>var x;</script>"
+        + "<p>The server is temporarily unable to service your request.</p>\n" * 4000
+        + "</body></html>"
+    )
+    systems.answer_next(
+        platform_prefix(ZILLOW), status=503, headers={"content-type": "text/html"}, body=page
+    )
+    job = handlers.job(SyndicateListing(listing_id="L1", platforms=(ZILLOW,)))
+
+    outcome = await handlers.attempt(job)
+
+    assert outcome.kind is RETRY
+    error = error_of(outcome)  # what the job log stores as the attempt's and the job's error
+    assert "answered 503: 503 Service Unavailable Service Unavailable The server is" in error
+    assert len(error) < 600
+    for unwanted in ("<", ">", "\x00", "\r", "color", "var x"):
+        assert unwanted not in error
+
+
 async def test_the_latest_retry_after_of_several_platforms_is_the_one_honoured(
     systems: ExternalSystems, handlers: Handlers
 ) -> None:

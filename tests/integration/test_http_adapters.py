@@ -339,6 +339,38 @@ async def test_rejection_text_from_a_plain_body_is_clipped(
     assert len(caught.value.message) < 400
 
 
+# A proxy's error page as nginx and friends send it, padded to 200 KB, with a control character.
+HTML_ERROR_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title><style>body { color: red }</style></head>"
+    "\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\x07"
+    "<script>var secret = 1;</script>\r\n" + "<p>padding</p>\n" * 12_000 + "</body></html>"
+)
+
+
+async def test_an_html_error_page_is_reduced_to_its_words(
+    systems: ExternalSystems, listings: HttpListingService
+) -> None:
+    systems.answer_next(
+        LISTING_SERVICE,
+        status=502,
+        headers={"content-type": "text/html"},
+        body=HTML_ERROR_PAGE,
+    )
+
+    with pytest.raises(Unavailable) as caught:
+        await listings.get_listing("L1")
+
+    message = caught.value.message
+    assert message.startswith(
+        "listing service: GET /listings/L1 answered 502: 502 Bad Gateway 502 Bad Gateway nginx "
+        "padding padding"
+    )
+    assert message.endswith("…")
+    assert len(message) < 400
+    for unwanted in ("<", ">", "\x07", "\n", "secret", "color"):
+        assert unwanted not in message
+
+
 async def test_a_slow_answer_beyond_the_timeout_is_unavailable(
     systems: ExternalSystems, endpoint: EndpointFactory
 ) -> None:
@@ -854,7 +886,7 @@ async def test_sms_gateway_failures(systems: ExternalSystems, sms: HttpSmsGatewa
     systems.drop_next(SMS_GATEWAY)
     systems.malformed_next(SMS_GATEWAY, {"messageId": "m1"})
 
-    for expected in ("answered 502: <html>Bad Gateway</html>", "failed", "field 'id' is missing"):
+    for expected in ("answered 502: Bad Gateway", "failed", "field 'id' is missing"):
         with pytest.raises(Unavailable) as caught:
             await sms.send(message)
         assert expected in caught.value.message

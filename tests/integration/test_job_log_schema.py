@@ -53,8 +53,8 @@ def _declared_names() -> dict[str, set[str]]:
     return names
 
 
-def test_migrations_match_the_declared_tables(database_url: str) -> None:
-    engine = create_database_engine(database_url)
+def test_migrations_match_the_declared_tables(empty_database_url: str) -> None:
+    engine = create_database_engine(empty_database_url)
     try:
         upgrade(engine)
         assert current_revision(engine) == head_revision() == "0005"
@@ -69,8 +69,8 @@ def test_migrations_match_the_declared_tables(database_url: str) -> None:
         engine.dispose()
 
 
-def test_the_unpublished_index_is_partial(database_url: str) -> None:
-    engine = create_database_engine(database_url)
+def test_the_unpublished_index_is_partial(empty_database_url: str) -> None:
+    engine = create_database_engine(empty_database_url)
     try:
         upgrade(engine)
         (index,) = [
@@ -85,8 +85,8 @@ def test_the_unpublished_index_is_partial(database_url: str) -> None:
         engine.dispose()
 
 
-def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
-    engine = create_database_engine(database_url)
+def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
+    engine = create_database_engine(empty_database_url)
     try:
         upgrade(engine)
         downgrade(engine, "base")
@@ -100,10 +100,10 @@ def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
         engine.dispose()
 
 
-def test_a_database_shared_with_the_local_qstash_server(database_url: str) -> None:
+def test_a_database_shared_with_the_local_qstash_server(empty_database_url: str) -> None:
     """Both schemas in one database: each keeps its own version table, and autogenerate (through
     migrations/env.py) neither sees nor proposes to drop the other's tables."""
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(empty_database_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         qstash_schema.upgrade(engine)
         upgrade(engine)
@@ -136,16 +136,16 @@ def _jobsvc(
 
 
 def test_migrate_command_creates_the_tables_and_is_idempotent(
-    database_url: str, tmp_path: Path
+    empty_database_url: str, tmp_path: Path
 ) -> None:
-    first = _jobsvc("migrate", cwd=tmp_path, env={"JOBSVC_DATABASE_URL": database_url})
+    first = _jobsvc("migrate", cwd=tmp_path, env={"JOBSVC_DATABASE_URL": empty_database_url})
     assert first.returncode == 0, first.stderr
     assert "migrated from empty to 0005" in first.stdout
-    second = _jobsvc("migrate", "--database-url", database_url, cwd=tmp_path)
+    second = _jobsvc("migrate", "--database-url", empty_database_url, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "up to date (revision 0005)" in second.stdout
     assert "Traceback" not in first.stderr + second.stderr
-    engine = create_database_engine(database_url)
+    engine = create_database_engine(empty_database_url)
     try:
         assert set(inspect(engine).get_table_names()) >= TABLES
         assert _differences(engine) == []

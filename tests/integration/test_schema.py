@@ -20,15 +20,15 @@ def _differences(url: str) -> list[object]:
         engine.dispose()
 
 
-def test_migrations_match_the_declared_tables(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_migrations_match_the_declared_tables(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     schema.upgrade(engine)
     engine.dispose()
-    assert _differences(database_url) == []
+    assert _differences(empty_database_url) == []
 
 
-def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     schema.upgrade(engine)
     schema.downgrade(engine, "base")
     names = set(inspect(engine).get_table_names())
@@ -37,4 +37,4 @@ def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
     schema.upgrade(engine)  # a second upgrade is a no-op
     assert set(tables.metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
-    assert _differences(database_url) == []
+    assert _differences(empty_database_url) == []

@@ -78,8 +78,23 @@ def test_other_last_answers_are_described(fields: dict[str, Any], described: str
 def test_a_long_last_answer_is_clipped() -> None:
     body = base64.b64encode(b"x" * 5000).decode()
     described = FailureReport.parse(callback(status=500, body=body)).describe()
-    assert len(described) == MAX_ERROR_LENGTH
+    assert len(described) < MAX_ERROR_LENGTH
+    assert described.startswith("QStash gave up after 4 deliveries; the last one got HTTP 500: xxx")
     assert described.endswith("…")
+
+
+def test_an_html_error_page_as_last_answer_keeps_only_its_words() -> None:
+    page = (
+        "<html>\r\n<head><title>502 Bad Gateway</title><style>body { color: red }</style>"
+        "</head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx"
+        "</center>\x00\x1b[31m<script>alert(1)</script>\r\n" + "<!-- padding -->" * 5000
+    ) + "</body></html>"
+    body = base64.b64encode(page.encode()).decode()
+    described = FailureReport.parse(callback(status=502, body=body)).describe()
+    assert described == (
+        "QStash gave up after 4 deliveries; the last one got HTTP 502: "
+        "502 Bad Gateway 502 Bad Gateway nginx [31m"
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,10 @@ from urllib.parse import quote
 import httpx
 
 from jobsvc.ports.errors import NotFound, PortError, Rejected, Unavailable
+from jobsvc.remote_text import clean_remote_text
 
 logger = logging.getLogger(__name__)
 
-# A remote's error text ends up in job results and logs; a whole HTML error page does not.
-MAX_REMOTE_TEXT = 300
 # QStash delays a retry by at most a day, so a longer Retry-After could not be honoured anyway.
 MAX_RETRY_AFTER = timedelta(days=1)
 # Statuses that say "not now" rather than "not this request".
@@ -336,8 +335,8 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REMOTE_TEXT else text[: MAX_REMOTE_TEXT - 1] + "…"
+    # A remote's error text ends up in job errors and logs; a whole HTML error page does not.
+    return clean_remote_text(text)
 
 
 def _json_type(value: Any) -> str:
