@@ -51,7 +51,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from processes import Service, admin, fresh_database, migrate, start_service
 from psycopg.types.json import Jsonb
 
 from jobsvc.v1 import job_service_pb2 as pb
@@ -191,11 +191,6 @@ def cpu_per_job(cpu: dict[str, Any], jobs_per_s: float) -> dict[str, float]:
 # -- the database ---------------------------------------------------------------------------------
 
 
-def admin(admin_url: str, sql: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def job_states(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT state, count(*) FROM job_logs GROUP BY state").fetchall()
@@ -278,85 +273,6 @@ def start_latencies(dsn: str, job_ids: list[str]) -> dict[str, list[float]]:
 
 
 # -- the service ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Service:
-    processes: dict[str, subprocess.Popen[bytes]]
-    grpc_address: str
-    workdir: Path
-
-    @property
-    def pids(self) -> dict[str, int]:
-        return {name: proc.pid for name, proc in self.processes.items()}
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.processes.values())):
-            proc.terminate()
-        for proc in self.processes.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _spawn(name: str, args: list[str], env: dict[str, str], workdir: Path, marker: str) -> Any:
-    out = (workdir / f"{name}.out").open("wb")
-    err = (workdir / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobsvc", *args],
-        stdout=out,
-        stderr=err,
-        env={**os.environ, **env},
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if marker in (workdir / f"{name}.out").read_text(errors="replace"):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    log_tail = (workdir / f"{name}.log").read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"jobsvc {' '.join(args)} did not start:\n{log_tail}")
-
-
-def start_service(layout: str, broker: str, database_url: str, workdir: Path) -> Service:
-    grpc_port, sidecar_port, qstash_port = free_port(), free_port(), free_port()
-    env = {
-        "JOBSVC_BROKER": broker,
-        "JOBSVC_DATABASE_URL": database_url,
-        "JOBSVC_GRPC_PORT": str(grpc_port),
-        "JOBSVC_SIDECAR_PORT": str(sidecar_port),
-        "JOBSVC_QSTASH_DEV_PORT": str(qstash_port),
-        "JOBSVC_QSTASH_DEV_DATABASE_URL": f"sqlite:///{workdir}/qstash.sqlite3",
-        # The handlers' development adapters write what they would have sent here.
-        "JOBSVC_OUTBOX_DIR": str(workdir / "outbox"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        if layout == "serve":
-            processes["serve"] = _spawn("serve", ["serve"], env, workdir, "is running")
-        else:
-            processes["qstash-dev"] = _spawn(
-                "qstash-dev", ["qstash-dev"], env, workdir, "QSTASH_URL="
-            )
-            env["QSTASH_URL"] = f"http://127.0.0.1:{qstash_port}"
-            processes["sidecar"] = _spawn("sidecar", ["sidecar"], env, workdir, "is running")
-            processes["rpc"] = _spawn("rpc", ["rpc"], env, workdir, "is running")
-    except BaseException:
-        Service(processes, "", workdir).stop()
-        raise
-    return Service(processes, f"127.0.0.1:{grpc_port}", workdir)
 
 
 @contextlib.contextmanager
@@ -825,9 +741,6 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    database = f"jobsvc_bench_{os.getpid()}"
-    base = args.postgres_admin_url.rsplit("/", 1)[0]
-    dsn = f"{base}/{database}"
     workdir = Path(tempfile.mkdtemp(prefix="jobsvc-bench-"))
     started = time.strftime("%H:%M:%S")
     print(
@@ -835,15 +748,9 @@ def run(args: argparse.Namespace) -> None:
         f"logs={workdir}",
         flush=True,
     )
-    admin(args.postgres_admin_url, f"CREATE DATABASE {database}")
-    bench = Run(args, dsn)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "jobsvc", "migrate", "--database-url", dsn],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+    with fresh_database(args.postgres_admin_url, "jobsvc_bench") as dsn:
+        bench = Run(args, dsn)
+        migrate(dsn)
         if "insert" in args.phases:
             bench.phase_insert()
         service_phases = [p for p in args.phases if p != "insert"]
@@ -856,8 +763,6 @@ def run(args: argparse.Namespace) -> None:
                 bench.service.stop()
                 for state in workdir.glob("qstash.sqlite3*"):  # the logs stay
                     state.unlink()
-    finally:
-        admin(args.postgres_admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     print()
     print(table(bench.results))
     print(f"# {time.strftime('%H:%M:%S')} done, load={load_average()}", flush=True)
