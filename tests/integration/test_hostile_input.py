@@ -232,6 +232,27 @@ HOSTILE = [
         body=b'{"queueName": "q", "parallelism": true}',
     ),
     Hostile("unknown flow control key", "POST", "/v2/flowControl/nokey/pin?period=" + "9" * 400),
+    # NUL, which PostgreSQL refuses in text, the same on both databases
+    Hostile("NUL in a message id", "GET", "/v2/messages/msg_%00"),
+    Hostile("NUL in a filter", "GET", "/v2/logs?label=a%00b"),
+    Hostile("NUL in a cancel filter", "DELETE", "/v2/messages?url=http://x/%00"),
+    Hostile("NUL in a DLQ id", "DELETE", "/v2/dlq/1%00"),
+    Hostile("NUL in an encoded destination", "POST", "/v2/publish/http%3A%2F%2Fx%2F%00"),
+    Hostile(
+        "NUL in a batch destination",
+        "POST",
+        "/v2/batch",
+        body=b'[{"destination": "{rx}/\\u0000"}]',
+    ),
+    Hostile("NUL in cancelled ids", "DELETE", "/v2/messages", body=b'{"messageIds": ["\\u0000"]}'),
+    Hostile("NUL in a queue name", "POST", "/v2/queues", body=b'{"queueName": "q\\u0000"}'),
+    Hostile(
+        "NUL in an endpoint",
+        "POST",
+        "/v2/topics/g/endpoints",
+        body=b'{"endpoints": [{"url": "http://x/\\u0000"}]}',
+    ),
+    Hostile("NUL in a schedule id", "DELETE", "/v2/schedules/s%00"),
     # authentication
     Hostile("no token", "POST", "/v2/publish/{rx}", {"Authorization": ""}),
     Hostile(
