@@ -177,6 +177,12 @@ HOSTILE = [
         "/v2/schedules/{rx}",
         {"Upstash-Cron": "* * * * *", "Upstash-Retry-Delay": "1e308*10"},
     ),
+    Hostile(
+        "schedule delayed beyond the plan",
+        "POST",
+        "/v2/schedules/{rx}",
+        {"Upstash-Cron": "* * * * *", "Upstash-Delay": "36500d"},
+    ),
     # messages
     Hostile("cancel body nested 100,000 deep", "DELETE", "/v2/messages", body=_deep_array()),
     Hostile(
