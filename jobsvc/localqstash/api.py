@@ -42,6 +42,7 @@ from jobsvc.localqstash.users import User
 
 log = logging.getLogger("jobsvc.localqstash.api")
 MAX_BODY = 10 * 1024 * 1024
+MAX_ERROR = 1000
 # The query parameters each bulk action reads; any other is refused.
 CANCEL_PARAMS = COMMON | {
     "messageIds",
@@ -584,6 +585,8 @@ class Api:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_ERROR:  # it may repeat an id or a name as long as the request allows
+        message = message[:MAX_ERROR] + "..."
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
