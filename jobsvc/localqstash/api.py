@@ -24,7 +24,14 @@ from jobsvc.localqstash.durations import parse_bool, parse_duration, parse_int
 from jobsvc.localqstash.engine import Engine
 from jobsvc.localqstash.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from jobsvc.localqstash.events import list_events
-from jobsvc.localqstash.filters import COLUMNS, COMMON, check_known, time_bounds, values
+from jobsvc.localqstash.filters import (
+    COLUMNS,
+    COMMON,
+    check_known,
+    time_bounds,
+    url_has_host,
+    values,
+)
 from jobsvc.localqstash.gates import FlowGate, QueueGate
 from jobsvc.localqstash.messages import Message
 from jobsvc.localqstash.options import Options, canonical, check_name, check_url, parse_options
@@ -35,6 +42,7 @@ from jobsvc.localqstash.users import User
 
 log = logging.getLogger("jobsvc.localqstash.api")
 MAX_BODY = 10 * 1024 * 1024
+MAX_ERROR = 1000
 # The query parameters each bulk action reads; any other is refused.
 CANCEL_PARAMS = COMMON | {
     "messageIds",
@@ -115,6 +123,7 @@ class Api:
             try:
                 user = self._authenticate(request)
                 self.burst.check(user.user_id)
+                _check_no_nul(request)
                 return await handler(request, user)
             except ApiError as exc:
                 return _error(exc.status_code, exc.message, exc.headers)
@@ -576,6 +585,8 @@ class Api:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_ERROR:  # it may repeat an id or a name as long as the request allows
+        message = message[:MAX_ERROR] + "..."
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -588,8 +599,35 @@ def _params(request: Request) -> Params:
 
 def _decode_destination(raw: str) -> str:
     if raw[:7].lower() in ("http%3a", "https%3"):
-        return unquote(raw)
+        raw = unquote(raw)
+    if "\x00" in raw:
+        raise BadRequest("invalid destination: it holds a NUL character")
     return raw
+
+
+def _check_no_nul(request: Request) -> None:
+    """NUL is in no id, name, URL or filter, and PostgreSQL refuses it in text: refuse it here,
+    the same on every database."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in name or "\x00" in value:
+            raise BadRequest(f"invalid {name[:50]!r}: it holds a NUL character")
+
+
+def _check_strings(value: Any, *, depth: int = 0) -> None:
+    """Refuse NUL in every string of a JSON document but message bodies (bytes when stored)."""
+    if depth > 64:
+        raise BadRequest("body is nested too deeply")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest("body holds a NUL character")
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, depth=depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, depth=depth + 1)
+            if key != "body":
+                _check_strings(item, depth=depth + 1)
 
 
 def _destination(request: Request, prefix: str) -> tuple[str, list[tuple[str, str]]]:
@@ -634,7 +672,7 @@ def _message_filter(params: Params) -> Callable[[Message], bool]:
     }
     wanted = {k: v for k, v in wanted.items() if v}
     labels = set(values(params, "label"))
-    hosts = [f"://{h}" for h in values(params, "host")]
+    hosts = values(params, "host")
     paths = values(params, "path")
     since, until = time_bounds(params)
 
@@ -650,7 +688,7 @@ def _message_filter(params: Params) -> Callable[[Message], bool]:
         return (
             all(fields[k] in v for k, v in wanted.items())
             and (not labels or any(label in labels for label in m.labels))
-            and (not hosts or any(h in m.url for h in hosts))
+            and (not hosts or any(url_has_host(m.url, h) for h in hosts))
             and (not paths or any(p in m.url for p in paths))
             and (since is None or m.created_at >= since)
             and (until is None or m.created_at <= until)
@@ -672,11 +710,13 @@ async def _json(request: Request) -> Any:
 
 def _loads(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except ValueError:
         raise BadRequest("body is not valid JSON") from None
     except RecursionError:
         raise BadRequest("body is nested too deeply") from None
+    _check_strings(data)
+    return data
 
 
 def _overrides(request: Request) -> tuple[Options, set[str]]:

@@ -255,7 +255,7 @@ class Engine:
         elif options.delay_seconds:
             not_before = later_ms(now, options.delay_seconds)
             due = later_ms(now, options.delay_seconds, scale=self.scale)
-        self._check_plan(options, due - now)
+        self.check_plan(options, due - now)
         queue_name = queue_name or options.queue_name
         if queue_name is not None:
             queue_ops = self._ensure_queue(user, queue_name, now)
@@ -310,8 +310,12 @@ class Engine:
                 prepared.ops.append(_dedup_op(user.user_id, dedup_key, message.message_id, expires))
         return prepared
 
-    def _check_plan(self, options: Options, wait_ms: int) -> None:
-        """Limits of the plan the server simulates; QStash answers 412 when one is exceeded."""
+    def check_plan(self, options: Options, wait_ms: int | None = None) -> None:
+        """Limits of the plan the server simulates; QStash answers 412 when one is exceeded.
+        ``wait_ms`` defaults to the scaled wait of ``options.delay_seconds``."""
+        if wait_ms is None:
+            now = now_ms()
+            wait_ms = later_ms(now, options.delay_seconds or 0, scale=self.scale) - now
         limits = self.settings
         if options.retries is not None and options.retries > limits.max_retries:
             raise PreconditionFailed(

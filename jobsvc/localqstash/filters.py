@@ -44,6 +44,16 @@ def check_known(params: Mapping[str, Sequence[str]], known: frozenset[str]) -> N
         raise BadRequest(f"unknown query parameter {shown}; known: {', '.join(sorted(known))}")
 
 
+def _inside(host: str) -> tuple[str, ...]:
+    # The host, with or without a port, followed by what may end it inside a URL.
+    return tuple(f"://{host}{end}" for end in ("/", ":", "?", "#"))
+
+
+def url_has_host(url: str, host: str) -> bool:
+    """``host`` filter: the URL's host (with or without its port) is ``host``."""
+    return url.endswith(f"://{host}") or any(needle in url for needle in _inside(host))
+
+
 def _label_is(column: ColumnElement[str], label: str) -> ColumnElement[bool]:
     # The column holds every label of a message comma-separated; labels hold no comma.
     return or_(
@@ -72,11 +82,17 @@ def conditions(table: Table, params: Mapping[str, Sequence[str]]) -> list[Column
             where.append(or_(*(_label_is(table.c.label, v) for v in wanted)))
         elif wanted:
             where.append(or_(*(table.c[column] == v for v in wanted)))
-    for name in ("host", "path"):
-        wanted = values(params, name)
-        if wanted:
-            needles = [f"://{v}" if name == "host" else v for v in wanted]
-            where.append(or_(*(table.c.url.contains(n, autoescape=True) for n in needles)))
+    hosts = values(params, "host")
+    if hosts:
+        where.append(
+            or_(
+                *(table.c.url.contains(n, autoescape=True) for h in hosts for n in _inside(h)),
+                *(table.c.url.endswith(f"://{h}", autoescape=True) for h in hosts),
+            )
+        )
+    paths = values(params, "path")
+    if paths:
+        where.append(or_(*(table.c.url.contains(p, autoescape=True) for p in paths)))
     time_column = table.c.time if "time" in table.c else table.c.created_at
     since, until = time_bounds(params)
     if since is not None:

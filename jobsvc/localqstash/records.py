@@ -25,8 +25,11 @@ def event_row(
         data = {
             # Logs keep what the publisher asked to redact out of sight, as QStash does.
             "header": redacted_headers(message.headers, message.redact),
+            # None (left out) without a body, as in the message itself.
             "body": (
                 base64.b64encode(b"REDACTED" if "body" in message.redact else message.body).decode()
+                if message.body or "body" in message.redact
+                else None
             ),
             "method": message.method,
             "maxRetries": message.max_retries,

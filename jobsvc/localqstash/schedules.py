@@ -256,6 +256,7 @@ class Scheduler:
         """Create a schedule, or replace the one with ``options.schedule_id``."""
         assert options.cron is not None
         parse_cron(options.cron)
+        self.engine.check_plan(options)  # refused now, not at every firing
         self.engine.url_groups.targets(user, destination)  # the destination must exist now
         schedule_id = options.schedule_id or new_id("scd_")
         existing = self.schedules.get(schedule_id)

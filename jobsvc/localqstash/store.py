@@ -158,11 +158,10 @@ class Store:
                     break
                 batch.append(group)
                 size += len(group[0])
+            # The one writer must not die, or every later write of every user would hang.
             try:
                 self._commit(batch)
-            except (
-                BaseException
-            ) as exc:  # the one writer must not die: every later write would hang
+            except BaseException as exc:
                 log.exception("write batch failed", extra={"action": "store_write_failed"})
                 _resolve(batch, StoreError(f"{type(exc).__name__}: {exc}"[:300]))
                 if not isinstance(exc, Exception):

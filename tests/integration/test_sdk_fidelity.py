@@ -139,9 +139,12 @@ def test_a_message_or_schedule_without_a_body_has_no_body_field(
     server: LocalQStashServer, raw: httpx.Client, client: QStash, receiver: Receiver
 ) -> None:
     response = raw.post(f"/v2/publish/{receiver.url_for('/empty')}", headers=LATER)
-    message = raw.get(f"/v2/messages/{response.json()['messageId']}").json()
+    message_id = response.json()["messageId"]
+    message = raw.get(f"/v2/messages/{message_id}").json()
     assert "body" not in message
     assert "bodyBase64" not in message
+    [created] = raw.get("/v2/logs", params={"messageId": message_id}).json()["logs"]
+    assert "body" not in created
     schedule_id = client.schedule.create(destination=receiver.url_for("/s"), cron="0 9 * * *")
     schedule = raw.get(f"/v2/schedules/{schedule_id}").json()
     assert "body" not in schedule
