@@ -65,3 +65,10 @@ class StorageUnavailable(JobServiceError):
 
 class Unauthenticated(JobServiceError):
     reason = "UNAUTHENTICATED"
+
+
+class TokenReused(Unauthenticated):
+    """A delivery's signature token was used before: a replay, since QStash signs every attempt
+    anew. Refused before anything is written."""
+
+    reason = "TOKEN_REUSED"

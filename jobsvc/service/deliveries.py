@@ -23,7 +23,13 @@ from datetime import datetime, timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
-from jobsvc.errors import AlreadyExists, JobNotFound, JobServiceError, ScheduleNotFound
+from jobsvc.errors import (
+    AlreadyExists,
+    JobNotFound,
+    JobServiceError,
+    ScheduleNotFound,
+    TokenReused,
+)
 from jobsvc.handlers import (
     FollowUp,
     HandlerContext,
@@ -48,6 +54,7 @@ __all__ = [
     "FailureReport",
     "InvalidFailureCallback",
     "ResultKind",
+    "Token",
     "UnknownJobType",
     "firing_job_id",
 ]
@@ -60,6 +67,8 @@ DEFAULT_LEASE_MARGIN = timedelta(seconds=15)
 # failure callback, which carries only the message id, finds the firing's row.
 _FIRINGS = uuid.UUID("98fc69ff-49f5-4059-8f4a-525a31ebc67f")
 _NIL = uuid.UUID(int=0)
+# A delivery's signature token: its ``jti`` and until when it verifies.
+Token = tuple[str, datetime]
 
 
 def firing_job_id(message_id: str) -> uuid.UUID:
@@ -119,17 +128,6 @@ class Deliveries:
             return False
         return True
 
-    async def spend_token(self, token_id: str, usable_until: datetime) -> bool:
-        """Record that the delivery's signature token ``token_id`` (valid until
-        ``usable_until``) is used now; False if it was used before: a replay, refused before
-        anything else is written. QStash signs every attempt anew, so its retries pass.
-
-        Its own statement, not part of the claim's: a delivery whose claim is refused, one
-        that writes nothing (a duplicate), a cron firing (its row is inserted before the
-        claim) and the failure callback all need their token spent as well, and first.
-        StorageUnavailable if the job log cannot be reached."""
-        return await asyncio.to_thread(self._job_log.tokens.spend, token_id, usable_until)
-
     async def handle(
         self,
         job_type_wire: str,
@@ -138,6 +136,7 @@ class Deliveries:
         message_id: str,
         retried: int,
         schedule_id: str | None,
+        token: Token | None = None,
     ) -> DeliveryResult:
         """Run one delivery of ``body`` (an ``Envelope``) to ``/api/jobs/{job_type_wire}``.
 
@@ -156,24 +155,31 @@ class Deliveries:
         only for a body from before schedules named themselves, and only if that schedule's
         body is this one. Its retries are the schedule's (default 3), at least ``retried``.
 
-        ``message_id`` and ``retried`` come from unsigned headers: QStash signs neither. What
-        keeps a captured token from being replayed under another message id is that a token
-        is used once (``spend_token``, before this).
+        ``token`` (the delivery's signature token, if it came with one) is spent before
+        anything else is written, in the claim's transaction when the body names its job:
+        TokenReused, with nothing written, if it was spent before. ``message_id`` and
+        ``retried`` come from unsigned headers (QStash signs neither): what keeps a captured
+        token from being replayed under another message id is that a token is used once.
         """
         if not self.serves(job_type_wire):
+            await self._spend(token)
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
         extra = {"qstash_message_id": message_id, "retried": retried, "job_type": job_type_wire}
         try:
             envelope = Envelope.decode(body)
         except InvalidEnvelope as exc:
+            await self._spend(token)
             log.error("invalid envelope: %s", exc, extra={**extra, "action": "delivery_invalid"})
             return DeliveryResult.permanent("INVALID_ENVELOPE", str(exc))
         if envelope.job_type.value != job_type_wire:
+            await self._spend(token)
             message = f"a {envelope.job_type} job delivered to the {job_type_wire} endpoint"
             log.error("%s", message, extra={**extra, "action": "delivery_invalid"})
             return DeliveryResult.permanent("JOB_TYPE_MISMATCH", message, envelope.job_id)
         if envelope.job_id is None:
+            await self._spend(token)  # before the firing's row is written
             job_id = await self._record_firing(envelope, message_id, retried, schedule_id, extra)
+            token = None
         else:
             job_id = envelope.job_id
         extra["job_id"] = str(job_id)
@@ -185,6 +191,7 @@ class Deliveries:
             qstash_message_id=message_id,
             retried=retried,
             lease_seconds=lease.total_seconds(),
+            token=token,
         )
         if job is None:
             return await self._refused(job_id, extra)
@@ -234,14 +241,16 @@ class Deliveries:
         log.warning("attempt superseded", extra={**extra, "action": "delivery_superseded"})
         return await self._refused(job.id, extra, reason="SUPERSEDED")
 
-    async def failed(self, callback_body: bytes) -> None:
+    async def failed(self, callback_body: bytes, *, token: Token | None = None) -> None:
         """Record QStash's failure callback: the job's last delivery failed and its message is
         in the dead-letter queue. The job becomes failed with the DLQ id and the last error.
 
         Idempotent: a repeated callback, or one for a job that is already finished, changes
         nothing. A cron firing refused before it got a row (every delivery bounced) gets its
-        row now, failed. InvalidFailureCallback if the body is not a failure callback.
+        row now, failed. InvalidFailureCallback if the body is not a failure callback;
+        TokenReused, with nothing written, if ``token`` (as for ``handle``) was spent before.
         """
+        await self._spend(token)
         report = FailureReport.parse(callback_body)
         extra = {"qstash_message_id": report.source_message_id, "dlq_id": report.dlq_id}
         try:
@@ -275,6 +284,12 @@ class Deliveries:
         log.info("already recorded", extra={**extra, "action": "failure_callback_duplicate"})
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _spend(self, token: Token | None) -> None:
+        """Spend the token on its own: for deliveries whose first write is not the claim (a
+        firing's row comes first) or that write nothing."""
+        if token is not None and not await asyncio.to_thread(self._job_log.tokens.spend, *token):
+            raise TokenReused("this signature token has been used already")
 
     async def _superseded(self, job_id: uuid.UUID, report: FailureReport) -> bool:
         try:
