@@ -2,10 +2,11 @@
 callback. Independent of HTTP: the result says whether QStash should deliver again.
 
 One delivery: decode the envelope, match it to its job row (a cron firing creates its row),
-claim the job with a guarded update, run the handler under the job's timeout, record the
-attempt's outcome, and answer. Duplicate and late deliveries find the row already moved and
-change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
-``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
+claim the job with a guarded update (spending the delivery's signature token, used once), run
+the handler under the job's timeout, record the attempt's outcome, and answer. Duplicate and
+late deliveries find the row already moved and change nothing. Log records carry a stable
+``action``: ``delivery_invalid``, ``delivery_unmatched``, ``cron_firing_recorded``,
+``delivery_schedule_ignored``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
 ``failure_callback_recorded``, ``failure_callback_duplicate``.
 """
@@ -303,9 +304,9 @@ class Deliveries:
         self, envelope: Envelope, header: str | None, extra: Mapping[str, object]
     ) -> tuple[str | None, int]:
         """The schedule a firing belongs to, and its retries."""
-        # The signed body names the schedule: the header is not read at all, so a header
+        # When the signed body names the schedule, the header is not read at all: a header
         # naming another schedule changes nothing (refusing it would gain nothing either: the
-        # token is genuine and is spent).
+        # token is genuine, and spent).
         schedule_id = envelope.schedule_id or header
         if schedule_id is None:
             return None, DEFAULT_RETRIES
