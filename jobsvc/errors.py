@@ -101,3 +101,10 @@ class Overloaded(JobServiceError):
 
 class Unauthenticated(JobServiceError):
     reason = "UNAUTHENTICATED"
+
+
+class TokenReused(Unauthenticated):
+    """A delivery's signature token was used before: a replay, since QStash signs every attempt
+    anew. Refused before anything is written."""
+
+    reason = "TOKEN_REUSED"

@@ -31,7 +31,6 @@ from jobsvc.db.progress import ProgressLog
 from jobsvc.db.rows import attempt_values, event_from_row, job_values
 from jobsvc.db.schedules import Schedules
 from jobsvc.db.tables import job_attempts, job_events, job_logs
-from jobsvc.db.tokens import DeliveryTokens
 from jobsvc.db.transitions import Transitions
 from jobsvc.errors import JobNotFound, StorageUnavailable
 from jobsvc.jobs import Job, JobState, JobType
@@ -76,7 +75,6 @@ class JobLog(Transitions):
         )
         self.schedules = Schedules(engine, clock=clock, page_token_key=self._page_key)
         self.progress = ProgressLog(engine, clock=clock)
-        self.tokens = DeliveryTokens(engine, clock=clock)
 
     # -- writing jobs ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import contextlib
 import itertools
 from datetime import datetime
 
-from sqlalchemy import Engine, bindparam, delete, select
+from sqlalchemy import Connection, Engine, bindparam, delete, select
 
 from jobsvc.db.clock import Clock, utc_now
 from jobsvc.db.driver_errors import storage_errors
@@ -34,7 +34,7 @@ class DeliveryTokens:
     def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
-        self._spends = itertools.count()
+        self._spends = itertools.count(1)
         # RETURNING says whether the row was written: a token seen before writes nothing.
         self._insert = (
             dialect_insert(engine)(job_delivery_tokens)
@@ -46,12 +46,22 @@ class DeliveryTokens:
         """Record that the token ``jti`` (which verifies until ``usable_until``) is being used;
         False if it had been already. One statement: of two concurrent uses, one wins."""
         with storage_errors("remember the delivery token"), self._autocommit.connect() as c:
-            fresh = c.execute(self._insert, {"jti": jti, "expires_at": usable_until}).first()
-        if next(self._spends) % PRUNE_EVERY == 0:
-            # The token is recorded; the next prune deletes what this one could not.
+            fresh = self.spend_in(c, jti, usable_until)
+        self.prune_if_due()
+        return fresh
+
+    def spend_in(self, connection: Connection, jti: str, usable_until: datetime) -> bool:
+        """``spend`` as part of the caller's transaction (which then calls ``prune_if_due``
+        once it is over)."""
+        values = {"jti": jti, "expires_at": usable_until}
+        return connection.execute(self._insert, values).first() is not None
+
+    def prune_if_due(self) -> None:
+        """``prune`` every ``PRUNE_EVERY`` spends (counted by the calls); errors are left for
+        the next one, since the spend they follow is recorded."""
+        if next(self._spends) % PRUNE_EVERY == 1:
             with contextlib.suppress(StorageUnavailable):
                 self.prune()
-        return fresh is not None
 
     def prune(self) -> int:
         """Delete up to ``PRUNE_LIMIT`` tokens that have expired; how many went."""

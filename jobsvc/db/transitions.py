@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Executable, func, select
+from sqlalchemy import Connection, Engine, Executable, func, select
 
 from jobsvc.db import guards
 from jobsvc.db.clock import Clock, utc_now
@@ -23,7 +23,8 @@ from jobsvc.db.history import load_jobs, with_histories
 from jobsvc.db.progress import FORGET_REFUSALS
 from jobsvc.db.rows import attempt_values, job_from_row
 from jobsvc.db.tables import job_events, job_logs
-from jobsvc.errors import InvalidState, JobNotFound
+from jobsvc.db.tokens import DeliveryTokens
+from jobsvc.errors import InvalidState, JobNotFound, TokenReused
 from jobsvc.jobs import REDRIVEN, Attempt, Job, JobState
 
 __all__ = ["LEASE_EXPIRED", "Transitions"]
@@ -35,6 +36,7 @@ class Transitions:
     def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
         self._engine = engine
         self._clock = clock
+        self.tokens = DeliveryTokens(engine, clock=clock)
         # Single statements need no BEGIN/COMMIT round trips around them.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._in_one_statement = engine.dialect.name == "postgresql"
@@ -46,8 +48,13 @@ class Transitions:
         qstash_message_id: str | None,
         retried: int | None,
         lease_seconds: float,
+        token: tuple[str, datetime] | None = None,
     ) -> Job | None:
         """Start an attempt for a delivery; the claimed job, or None if refused.
+
+        ``token``: the delivery's signature token (``jti``, usable until), spent in the same
+        transaction (see ``tokens``): TokenReused, with nothing written, if it was spent
+        before; spent even when the claim is refused, so a replay cannot try again later.
 
         pending or retrying → processing, or processing → processing once the previous
         attempt's lease expired (that attempt is closed as a retry). The attempt is numbered
@@ -69,26 +76,45 @@ class Transitions:
             number=0, started_at=now, qstash_message_id=qstash_message_id, retried=retried
         )
         with storage_errors("claim the job"):
-            if self._in_one_statement:
+            if token is None and self._in_one_statement:
                 with self._autocommit.connect() as connection:
-                    row = connection.execute(guards.CLAIM_IN_ONE, parameters).first()
-                    if row is None:
-                        return None
-                    attempt.number = row.attempts
-                    if row.attempts == 1:  # the first attempt: the history is just this one
-                        return job_from_row(row._mapping, [attempt])
-                    return with_histories(connection, [row])[0]
+                    return self._claim_in_one(connection, parameters, attempt)
+            # With a token: one transaction, one commit, for the token and the claim.
             with self._engine.begin() as connection:
-                row = connection.execute(guards.CLAIM, parameters).first()
-                if row is None:
-                    return None
-                attempt.number = row.attempts
-                if row.attempts > 1:  # earlier attempts exist; one may have been left running
-                    connection.execute(guards.CLOSE_OPEN_ATTEMPTS, parameters)
-                connection.execute(guards.START_ATTEMPT, attempt_values(job_id, attempt))
-                if row.attempts == 1:
-                    return job_from_row(row._mapping, [attempt])
-                return with_histories(connection, [row])[0]
+                if token is not None and not self.tokens.spend_in(connection, *token):
+                    raise TokenReused("this signature token has been used already")
+                if self._in_one_statement:
+                    claimed = self._claim_in_one(connection, parameters, attempt)
+                else:
+                    claimed = self._claim_in_steps(connection, parameters, attempt)
+            if token is not None:
+                self.tokens.prune_if_due()
+            return claimed
+
+    def _claim_in_one(
+        self, connection: Connection, parameters: dict[str, Any], attempt: Attempt
+    ) -> Job | None:
+        row = connection.execute(guards.CLAIM_IN_ONE, parameters).first()
+        if row is None:
+            return None
+        attempt.number = row.attempts
+        if row.attempts == 1:  # the first attempt: the history is just this one
+            return job_from_row(row._mapping, [attempt])
+        return with_histories(connection, [row])[0]
+
+    def _claim_in_steps(
+        self, connection: Connection, parameters: dict[str, Any], attempt: Attempt
+    ) -> Job | None:
+        row = connection.execute(guards.CLAIM, parameters).first()
+        if row is None:
+            return None
+        attempt.number = row.attempts
+        if row.attempts > 1:  # earlier attempts exist; one may have been left running
+            connection.execute(guards.CLOSE_OPEN_ATTEMPTS, parameters)
+        connection.execute(guards.START_ATTEMPT, attempt_values(parameters["p_job_id"], attempt))
+        if row.attempts == 1:
+            return job_from_row(row._mapping, [attempt])
+        return with_histories(connection, [row])[0]
 
     def complete(
         self,

@@ -2,10 +2,11 @@
 callback. Independent of HTTP: the result says whether QStash should deliver again.
 
 One delivery: decode the envelope, match it to its job row (a cron firing creates its row),
-claim the job with a guarded update, run the handler under the job's timeout, record the
-attempt's outcome, and answer. Duplicate and late deliveries find the row already moved and
-change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
-``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
+claim the job with a guarded update (spending the delivery's signature token, used once), run
+the handler under the job's timeout, record the attempt's outcome, and answer. Duplicate and
+late deliveries find the row already moved and change nothing. Log records carry a stable
+``action``: ``delivery_invalid``, ``delivery_unmatched``, ``cron_firing_recorded``,
+``delivery_schedule_ignored``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
 ``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``,
 ``failure_callback_redriven``, ``failure_callback_redrives_exhausted``.
@@ -30,6 +31,7 @@ from jobsvc.errors import (
     JobServiceError,
     Overloaded,
     ScheduleNotFound,
+    TokenReused,
 )
 from jobsvc.handlers import (
     FollowUp,
@@ -57,6 +59,7 @@ __all__ = [
     "FailureReport",
     "InvalidFailureCallback",
     "ResultKind",
+    "Token",
     "UnknownJobType",
     "firing_job_id",
 ]
@@ -74,6 +77,8 @@ MAX_REDRIVE_DELAY = timedelta(hours=1)
 # failure callback, which carries only the message id, finds the firing's row.
 _FIRINGS = uuid.UUID("98fc69ff-49f5-4059-8f4a-525a31ebc67f")
 _NIL = uuid.UUID(int=0)
+# A delivery's signature token: its ``jti`` and until when it verifies.
+Token = tuple[str, datetime]
 
 
 def firing_job_id(message_id: str) -> uuid.UUID:
@@ -146,17 +151,6 @@ class Deliveries:
             return False
         return True
 
-    async def spend_token(self, token_id: str, usable_until: datetime) -> bool:
-        """Record that the delivery's signature token ``token_id`` (valid until
-        ``usable_until``) is used now; False if it was used before: a replay, refused before
-        anything else is written. QStash signs every attempt anew, so its retries pass.
-
-        Its own statement, not part of the claim's: a delivery whose claim is refused, one
-        that writes nothing (a duplicate), a cron firing (its row is inserted before the
-        claim) and the failure callback all need their token spent as well, and first.
-        StorageUnavailable if the job log cannot be reached."""
-        return await asyncio.to_thread(self._job_log.tokens.spend, token_id, usable_until)
-
     async def handle(
         self,
         job_type_wire: str,
@@ -165,6 +159,7 @@ class Deliveries:
         message_id: str,
         retried: int,
         schedule_id: str | None,
+        token: Token | None = None,
         wait_for_slot: bool = False,
     ) -> DeliveryResult:
         """Run one delivery of ``body`` (an ``Envelope``) to ``/api/jobs/{job_type_wire}``.
@@ -188,17 +183,22 @@ class Deliveries:
         only for a body from before schedules named themselves, and only if that schedule's
         body is this one. Its retries are the schedule's (default 3), at least ``retried``.
 
-        ``message_id`` and ``retried`` come from unsigned headers: QStash signs neither. What
-        keeps a captured token from being replayed under another message id is that a token
-        is used once (``spend_token``, before this).
+        ``token`` (the delivery's signature token, if it came with one) is spent before
+        anything else is written, in the claim's transaction when the body names its job:
+        TokenReused, with nothing written, if it was spent before. ``message_id`` and
+        ``retried`` come from unsigned headers (QStash signs neither): what keeps a captured
+        token from being replayed under another message id is that a token is used once.
         """
         if not self.serves(job_type_wire):
+            await self._spend(token)
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
         # Before anything is written: an overloaded answer leaves no trace but the log line.
         slot = self._slots.waited_for() if wait_for_slot else self._slots.taken()
         try:
             async with slot:
-                return await self._handle(job_type_wire, body, message_id, retried, schedule_id)
+                return await self._handle(
+                    job_type_wire, body, message_id, retried, schedule_id, token
+                )
         except Overloaded:
             log.warning(
                 "overloaded",
@@ -218,19 +218,24 @@ class Deliveries:
         message_id: str,
         retried: int,
         schedule_id: str | None,
+        token: Token | None,
     ) -> DeliveryResult:
         extra = {"qstash_message_id": message_id, "retried": retried, "job_type": job_type_wire}
         try:
             envelope = Envelope.decode(body)
         except InvalidEnvelope as exc:
+            await self._spend(token)
             log.error("invalid envelope: %s", exc, extra={**extra, "action": "delivery_invalid"})
             return DeliveryResult.permanent("INVALID_ENVELOPE", str(exc))
         if envelope.job_type.value != job_type_wire:
+            await self._spend(token)
             message = f"a {envelope.job_type} job delivered to the {job_type_wire} endpoint"
             log.error("%s", message, extra={**extra, "action": "delivery_invalid"})
             return DeliveryResult.permanent("JOB_TYPE_MISMATCH", message, envelope.job_id)
         if envelope.job_id is None:
+            await self._spend(token)  # before the firing's row is written
             job_id = await self._record_firing(envelope, message_id, retried, schedule_id, extra)
+            token = None
         else:
             job_id = envelope.job_id
         extra["job_id"] = str(job_id)
@@ -242,6 +247,7 @@ class Deliveries:
             qstash_message_id=message_id,
             retried=retried,
             lease_seconds=lease.total_seconds(),
+            token=token,
         )
         if job is None:
             return await self._refused(job_id, extra)
@@ -291,7 +297,7 @@ class Deliveries:
         log.warning("attempt superseded", extra={**extra, "action": "delivery_superseded"})
         return await self._refused(job.id, extra, reason="SUPERSEDED")
 
-    async def failed(self, callback_body: bytes) -> None:
+    async def failed(self, callback_body: bytes, *, token: Token | None = None) -> None:
         """Record QStash's failure callback: the job's last delivery failed and its message is
         in the dead-letter queue. The job becomes failed with the DLQ id and the last error.
 
@@ -300,8 +306,10 @@ class Deliveries:
         row now, failed. A job none of whose deliveries failed it (the sidecar was down or
         overloaded: they never reached a handler) is not failed but re-driven, a bounded number
         of times, recorded as a ``redriven`` event in its history. InvalidFailureCallback if
-        the body is not a failure callback.
+        the body is not a failure callback; TokenReused, with nothing written, if ``token`` (as
+        for ``handle``) was spent before.
         """
+        await self._spend(token)
         report = FailureReport.parse(callback_body)
         extra = {"qstash_message_id": report.source_message_id, "dlq_id": report.dlq_id}
         try:
@@ -382,6 +390,12 @@ class Deliveries:
         )
         return True
 
+    async def _spend(self, token: Token | None) -> None:
+        """Spend the token on its own: for deliveries whose first write is not the claim (a
+        firing's row comes first) or that write nothing."""
+        if token is not None and not await asyncio.to_thread(self._job_log.tokens.spend, *token):
+            raise TokenReused("this signature token has been used already")
+
     async def _superseded(self, job_id: uuid.UUID, report: FailureReport) -> bool:
         try:
             job = await asyncio.to_thread(self._job_log.get, job_id)
@@ -394,9 +408,9 @@ class Deliveries:
         self, envelope: Envelope, header: str | None, extra: Mapping[str, object]
     ) -> tuple[str | None, int]:
         """The schedule a firing belongs to, and its retries."""
-        # The signed body names the schedule: the header is not read at all, so a header
+        # When the signed body names the schedule, the header is not read at all: a header
         # naming another schedule changes nothing (refusing it would gain nothing either: the
-        # token is genuine and is spent).
+        # token is genuine, and spent).
         schedule_id = envelope.schedule_id or header
         if schedule_id is None:
             return None, DEFAULT_RETRIES

@@ -7,8 +7,9 @@ Routes:
 - ``GET /livez``: the process serves requests. ``GET /readyz``: the job log answers too.
 
 Every POST is verified first: the body is read up to a cap (413 beyond it), the signature is
-checked on the raw body, for the URL QStash called, and its token (``jti``) is spent, before
-anything is parsed or written; a bad or reused one is answered 401 and nothing else happens.
+checked on the raw body, for the URL QStash called, before anything is parsed or written, and
+its token (``jti``) is spent with the delivery's first write; a bad or reused one is answered
+401 and nothing else happens.
 Endpoints raise; ``errors`` holds the one table that turns exceptions into answers.
 """
 
@@ -24,11 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from jobsvc.broker import DEFAULT_FAILURE_CALLBACK_PATH
-from jobsvc.service.deliveries import Deliveries
+from jobsvc.service.deliveries import Deliveries, Token
 from jobsvc.webhooks.answers import answer, reply
 from jobsvc.webhooks.bodies import DEFAULT_MAX_BODY_BYTES, capped_body
 from jobsvc.webhooks.errors import MalformedDelivery, exception_handlers
-from jobsvc.webhooks.signature import InvalidSignature, SignatureVerifier
+from jobsvc.webhooks.signature import SignatureVerifier
 
 log = logging.getLogger("jobsvc.webhooks")
 
@@ -54,28 +55,29 @@ def build_app(
     """
     check = readiness or deliveries.ready
 
-    async def verified_body(request: Request) -> bytes:
+    async def verified_body(request: Request) -> tuple[bytes, Token]:
+        """The body and its signature token, which the delivery spends (it is used once)."""
         body = await capped_body(request, max_body_bytes)
         claims = verifier.verify(
             request.headers.get("Upstash-Signature"), body, _called_url(request)
         )
-        if not await deliveries.spend_token(claims.jwt_id, claims.usable_until):
-            raise InvalidSignature("TOKEN_REUSED", "this signature token has been used already")
-        return body
+        return body, (claims.jwt_id, claims.usable_until)
 
     async def deliver(request: Request) -> Response:
-        body = await verified_body(request)
+        body, token = await verified_body(request)
         result = await deliveries.handle(
             request.path_params["job_type"],
             body,
             message_id=_message_id(request),
             retried=_retried(request),
             schedule_id=request.headers.get("Upstash-Schedule-Id") or None,
+            token=token,
         )
         return answer(result)
 
     async def failure_callback(request: Request) -> Response:
-        await deliveries.failed(await verified_body(request))
+        body, token = await verified_body(request)
+        await deliveries.failed(body, token=token)
         return reply(200, "RECORDED", "failure callback recorded")
 
     async def livez(request: Request) -> Response:

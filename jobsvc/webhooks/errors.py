@@ -7,6 +7,7 @@ answer for QStash, whose status says whether to deliver again (see ``answers``):
 |------------------------------|--------|---------------------------------------|--------------|
 | ``BodyTooLarge``             | 413    | ``BODY_TOO_LARGE``                    | retries      |
 | ``InvalidSignature``         | 401    | its own (``BAD_SIGNATURE``, ...)      | retries      |
+| ``TokenReused``              | 401    | ``TOKEN_REUSED``                      | retries      |
 | ``UnknownJobType``           | 404    | ``UNKNOWN_JOB_TYPE``                  | retries      |
 | ``MalformedDelivery``        | 489    | its own (``MISSING_MESSAGE_ID``, ...) | dead-letters |
 | ``InvalidFailureCallback``   | 489    | ``INVALID_FAILURE_CALLBACK``          | dead-letters |
@@ -39,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
-from jobsvc.errors import JobServiceError, Overloaded, StorageUnavailable
+from jobsvc.errors import JobServiceError, Overloaded, StorageUnavailable, TokenReused
 from jobsvc.service.deliveries import InvalidFailureCallback, UnknownJobType
 from jobsvc.webhooks.answers import NON_RETRYABLE_STATUS, reply
 from jobsvc.webhooks.signature import InvalidSignature
@@ -80,6 +81,7 @@ class _Answer:
 ANSWERS: Mapping[type[Exception], _Answer] = {
     BodyTooLarge: _Answer(413, None, "body_too_large"),
     InvalidSignature: _Answer(401, None, "signature_rejected"),
+    TokenReused: _Answer(401, None, "signature_rejected"),
     UnknownJobType: _Answer(404, None, "job_type_unknown"),
     MalformedDelivery: _Answer(NON_RETRYABLE_STATUS, None, "delivery_malformed", logging.ERROR),
     InvalidFailureCallback: _Answer(

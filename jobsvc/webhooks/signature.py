@@ -43,7 +43,8 @@ class InvalidSignature(Exception):
     ``MISSING_SIGNATURE``, ``MALFORMED_TOKEN``, ``BAD_SIGNATURE`` (neither key signed it),
     ``WRONG_ISSUER``, ``MISSING_CLAIM``, ``EXPIRED``, ``NOT_YET_VALID``, ``LIFETIME_TOO_LONG``
     (expires more than an hour ahead), ``WRONG_AUDIENCE``, ``WRONG_SUBJECT`` (signed for another
-    URL), ``BODY_MISMATCH``; and, from the sidecar's token memory, ``TOKEN_REUSED``.
+    URL), ``BODY_MISMATCH``. (A token used before is ``jobsvc.errors.TokenReused``: only the
+    job log knows.)
     """
 
     def __init__(self, reason: str, message: str) -> None:

@@ -367,6 +367,27 @@ def test_a_replayed_token_is_refused_whatever_its_headers_and_writes_nothing(
     assert written(job_log, engine) == before
 
 
+def test_a_token_whose_claim_was_refused_stays_spent(
+    job_log: JobLog, engine: Engine, make_sidecar: SidecarFactory
+) -> None:
+    script = Script([{"ran": True}])
+    sidecar = make_sidecar(registry=script.registry())
+    job = stored_job(job_log)
+    assert job_log.claim(job.id, qstash_message_id=None, retried=0, lease_seconds=60)
+    url, body = sidecar.url + CRM_PATH, envelope(job.id)
+    token = sign(sidecar.keys[0], url=url, body=body)
+    busy = sidecar.post(CRM_PATH, body, headers={"Upstash-Signature": token})
+    assert (busy.status_code, reason(busy)) == (503, "JOB_BUSY")
+
+    # The job is free again: its token, had the refused claim not spent it, would run it now.
+    assert job_log.attempt_failed(job.id, "worker lost", final=False, attempt=1)
+    before = written(job_log, engine)
+    replayed = sidecar.post(CRM_PATH, body, headers={"Upstash-Signature": token})
+    assert (replayed.status_code, reason(replayed)) == (401, "TOKEN_REUSED")
+    assert written(job_log, engine) == before
+    assert script.calls == []
+
+
 def test_a_replayed_firing_creates_no_job_and_touches_no_schedule(
     job_log: JobLog, engine: Engine, make_sidecar: SidecarFactory
 ) -> None:

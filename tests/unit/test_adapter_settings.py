@@ -80,6 +80,8 @@ def test_implicit_tls_defaults_to_smtps() -> None:
             "never sent in clear",
         ),
         ({"JOBSVC_REMINDER_INTERVAL_SECONDS": "-1"}, "JOBSVC_REMINDER_INTERVAL_SECONDS"),
+        ({"JOBSVC_SIDECAR_MAX_BODY_BYTES": "0"}, "JOBSVC_SIDECAR_MAX_BODY_BYTES"),
+        ({"JOBSVC_SIDECAR_MAX_BODY_BYTES": "big"}, "JOBSVC_SIDECAR_MAX_BODY_BYTES"),
     ],
 )
 def test_unusable_settings_name_the_variable(environ: dict[str, str], named: str) -> None:
