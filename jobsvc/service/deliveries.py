@@ -7,8 +7,8 @@ attempt's outcome, and answer. Duplicate and late deliveries find the row alread
 change nothing. Log records carry a stable ``action``: ``delivery_invalid``, ``delivery_unmatched``,
 ``cron_firing_recorded``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
-``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``,
-``failure_callback_redriven``, ``failure_callback_redrives_exhausted``.
+``failure_callback_recorded``, ``failure_callback_duplicate``, ``failure_callback_redriven``,
+``failure_callback_redrives_exhausted``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,7 @@ from datetime import timedelta
 
 from jobsvc.broker import Envelope, InvalidEnvelope
 from jobsvc.db import Clock, JobLog, utc_now
-from jobsvc.errors import (
-    AlreadyExists,
-    JobNotFound,
-    JobServiceError,
-    Overloaded,
-    ScheduleNotFound,
-)
+from jobsvc.errors import AlreadyExists, JobNotFound, JobServiceError, ScheduleNotFound
 from jobsvc.handlers import (
     FollowUp,
     HandlerContext,
@@ -178,21 +172,8 @@ class Deliveries:
         if not self.serves(job_type_wire):
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
         # Before anything is written: an overloaded answer leaves no trace but the log line.
-        slot = self._slots.waited_for() if wait_for_slot else self._slots.taken()
-        try:
-            async with slot:
-                return await self._handle(job_type_wire, body, message_id, retried, schedule_id)
-        except Overloaded:
-            log.warning(
-                "overloaded",
-                extra={
-                    "action": "delivery_overloaded",
-                    "qstash_message_id": message_id,
-                    "retried": retried,
-                    "job_type": job_type_wire,
-                },
-            )
-            raise
+        async with self._slots.waited_for() if wait_for_slot else self._slots.taken():
+            return await self._handle(job_type_wire, body, message_id, retried, schedule_id)
 
     async def _handle(
         self,
