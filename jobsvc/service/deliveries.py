@@ -8,8 +8,8 @@ late deliveries find the row already moved and change nothing. Log records carry
 ``action``: ``delivery_invalid``, ``delivery_unmatched``, ``cron_firing_recorded``,
 ``delivery_schedule_ignored``, ``delivery_duplicate``, ``delivery_busy``, ``delivery_completed``,
 ``delivery_retry``, ``delivery_failed``, ``delivery_superseded``, ``failure_callback_unmatched``,
-``failure_callback_recorded``, ``failure_callback_duplicate``, ``delivery_overloaded``,
-``failure_callback_redriven``, ``failure_callback_redrives_exhausted``.
+``failure_callback_recorded``, ``failure_callback_duplicate``, ``failure_callback_redriven``,
+``failure_callback_redrives_exhausted``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from jobsvc.errors import (
     AlreadyExists,
     JobNotFound,
     JobServiceError,
-    Overloaded,
     ScheduleNotFound,
     TokenReused,
 )
@@ -193,23 +192,8 @@ class Deliveries:
             await self._spend(token)
             raise UnknownJobType(f"no handler serves job type {job_type_wire!r}")
         # Before anything is written: an overloaded answer leaves no trace but the log line.
-        slot = self._slots.waited_for() if wait_for_slot else self._slots.taken()
-        try:
-            async with slot:
-                return await self._handle(
-                    job_type_wire, body, message_id, retried, schedule_id, token
-                )
-        except Overloaded:
-            log.warning(
-                "overloaded",
-                extra={
-                    "action": "delivery_overloaded",
-                    "qstash_message_id": message_id,
-                    "retried": retried,
-                    "job_type": job_type_wire,
-                },
-            )
-            raise
+        async with self._slots.waited_for() if wait_for_slot else self._slots.taken():
+            return await self._handle(job_type_wire, body, message_id, retried, schedule_id, token)
 
     async def _handle(
         self,

@@ -88,7 +88,8 @@ ANSWERS: Mapping[type[Exception], _Answer] = {
         NON_RETRYABLE_STATUS, "INVALID_FAILURE_CALLBACK", "failure_callback_invalid", logging.ERROR
     ),
     StorageUnavailable: _Answer(503, None, "storage_unavailable"),
-    Overloaded: _Answer(503, None, "delivery_overloaded"),
+    # INFO: under a spike every refused delivery is answered so; the answer is the design.
+    Overloaded: _Answer(503, None, "delivery_overloaded", logging.INFO),
     JobServiceError: _Answer(500, "INTERNAL", "sidecar_error", logging.ERROR, expose=False),
 }
 _GENERIC = "internal error; see the sidecar's log"

@@ -25,7 +25,8 @@ from jobsvc.errors import (
     ScheduleNotFound,
     StorageUnavailable,
 )
-from jobsvc.jobs import Attempt, Job, JobState, JobType, Schedule
+from jobsvc.jobs import REDRIVEN, Attempt, Job, JobState, JobType, Schedule
+from jobsvc.service.jobs import deduplication_id_for
 
 START = datetime(2026, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
 LEASE = 60.0
@@ -723,3 +724,59 @@ def test_an_unreachable_database_is_storage_unavailable(make_job: MakeJob) -> No
             job_log.get(uuid.uuid4())
     finally:
         engine.dispose()
+
+
+# -- re-drives --------------------------------------------------------------------------------
+
+
+def _redrive(job_log: JobLog, job_id: uuid.UUID, message_id: str, due: datetime) -> Job | None:
+    return job_log.redrive(
+        job_id, qstash_message_id=message_id, max_redrives=2, not_before=due, detail=message_id
+    )
+
+
+def test_a_redrive_republishes_a_job_for_its_current_message_only_and_is_bounded(
+    job_log: JobLog, make_job: MakeJob, clock: FakeClock
+) -> None:
+    job_log.insert(job := make_job())
+    assert job_log.mark_published(job.id, "msg_1")
+    due = clock.now + timedelta(seconds=10)
+    assert _redrive(job_log, job.id, "msg_other", due) is None  # not its message
+
+    first = _redrive(job_log, job.id, "msg_1", due)
+    assert first is not None
+    assert (first.state, first.redrives, first.qstash_message_id) == (JobState.PENDING, 1, None)
+    assert (first.published_at, first.not_before, first.attempts) == (None, due, 0)
+    assert [j.id for j in job_log.unpublished(10, clock.now)] == [job.id]  # the relay's again
+    assert _redrive(job_log, job.id, "msg_1", due) is None  # a repeated callback: once only
+    assert deduplication_id_for(first) != deduplication_id_for(job)
+
+    # Retrying (its last deliveries never reached a handler): re-driven too, up to the bound.
+    assert job_log.mark_published(job.id, "msg_2")
+    assert _claim(job_log, job.id) is not None
+    assert job_log.attempt_failed(job.id, "transient", final=False)
+    clock.advance(1)
+    second = _redrive(job_log, job.id, "msg_2", due)
+    assert second is not None
+    assert (second.state, second.redrives, second.attempts) == (JobState.PENDING, 2, 1)
+    assert job_log.mark_published(job.id, "msg_3")
+    assert _redrive(job_log, job.id, "msg_3", due) is None  # max_redrives reached
+
+    events = job_log.get(job.id).events
+    assert [(e.kind, e.qstash_message_id, e.detail) for e in events] == [
+        (REDRIVEN, "msg_1", "msg_1"),
+        (REDRIVEN, "msg_2", "msg_2"),
+    ]
+    assert events[1].at == clock.now
+    assert job_log.list(page_size=10)[0][0].events == []  # lists leave them out
+
+
+@pytest.mark.parametrize("state", [JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED])
+def test_a_redrive_leaves_running_and_finished_jobs_alone(
+    job_log: JobLog, make_job: MakeJob, clock: FakeClock, state: JobState
+) -> None:
+    job_id = _job_in(job_log, make_job, state)
+    before = job_log.get(job_id)
+    assert before.qstash_message_id is not None
+    assert _redrive(job_log, job_id, before.qstash_message_id, clock.now) is None
+    assert job_log.get(job_id) == before

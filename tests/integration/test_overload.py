@@ -1,7 +1,9 @@
 """A sidecar at its bound of running handlers: the next delivery is answered at once with 503
 and ``Retry-After``, nothing is written, and the broker's retry runs the job once a handler
-has finished. Through the real pipeline: gRPC, the embedded local QStash server, the sidecar
-and the crm-match handler calling the HTTP stand-ins of the listing service and the CRM.
+has finished. A job whose deliveries QStash gave up on before any reached a handler (the
+sidecar overloaded, or down) is re-driven, not failed. Through the real pipeline: gRPC, the
+embedded local QStash server, the sidecar and the crm-match handler calling the HTTP stand-ins
+of the listing service and the CRM.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, payloads_pb2
 from tests.polling import eventually
 from tests.standins.http import LISTING_SERVICE, CrmContact, ExternalSystems
 from tests.standins.records import seeded
+from tests.standins.tcp import TcpProxy
 
 COMPLETED = jobs_pb2.JOB_STATE_COMPLETED
 PENDING = jobs_pb2.JOB_STATE_PENDING
@@ -81,14 +84,22 @@ class Sidecar:
 
 @contextlib.asynccontextmanager
 async def sidecar_with_one_slot(
-    database_url: str, external: ExternalSystems, outbox: Path, *, time_scale: float = 1.0
+    database_url: str,
+    external: ExternalSystems,
+    outbox: Path,
+    *,
+    time_scale: float = 1.0,
+    port: int | None = None,
+    public_port: int | None = None,
 ) -> AsyncIterator[Sidecar]:
-    port = free_port()
+    """The pipeline with one handler slot; QStash calls the sidecar at ``public_port`` (a proxy
+    in front of it), by default its own ``port``."""
+    port = port or free_port()
     settings = Settings(
         database_url=database_url,
         grpc_port=0,
         sidecar_port=port,
-        public_url=f"http://127.0.0.1:{port}",
+        public_url=f"http://127.0.0.1:{public_port or port}",
         # Real time unless asked: the broker waits the whole Retry-After (1 s) before it
         # delivers again.
         local_qstash=LocalQStashSettings(port=0, database_url=database_url, time_scale=time_scale),
@@ -136,11 +147,14 @@ def actions_logged(
 ) -> Iterator[_Actions]:
     handler = _Actions(on)
     log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.INFO)  # refused deliveries are logged at INFO
     log.addHandler(handler)
     try:
         yield handler
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
 
 
 async def test_a_delivery_beyond_the_bound_is_answered_at_once_and_runs_on_the_retry(
@@ -155,7 +169,7 @@ async def test_a_delivery_beyond_the_bound_is_answered_at_once_and_runs_on_the_r
 
         await eventually(one_held, what="the first handler to hold its slot", timeout=10)
 
-        with actions_logged("jobsvc.deliveries") as log:
+        with actions_logged("jobsvc") as log:
             second = await sidecar.enqueue_match()
 
             async def refused() -> bool | None:
@@ -219,7 +233,7 @@ async def test_a_job_whose_deliveries_never_reached_a_handler_is_redriven_not_fa
 
         await eventually(one_held, what="the first handler to hold its slot", timeout=10)
         release = {"failure_callback_redriven": lambda: external.release(LISTING_SERVICE)}
-        with actions_logged("jobsvc.deliveries", on=release) as log:
+        with actions_logged("jobsvc", on=release) as log:
             second = await sidecar.enqueue_match(retries=1)
             done = await sidecar.completed(second)
         assert log.actions.count("delivery_overloaded") >= 2
@@ -235,3 +249,45 @@ async def test_a_job_whose_deliveries_never_reached_a_handler_is_redriven_not_fa
         assert redrive.qstash_message_id not in ("", done.qstash_message_id)
         assert done.history[0].qstash_message_id == done.qstash_message_id
         assert (await sidecar.completed(first)).attempts == 1
+
+
+async def test_a_job_queued_while_the_sidecar_is_down_is_redriven_once_it_answers_again(
+    database_url: str, external: ExternalSystems, tmp_path: Path
+) -> None:
+    # QStash reaches the sidecar through a proxy that is cut while it delivers the job (three
+    # deliveries, nothing listening behind them) and restored once the job is dead-lettered:
+    # the failure callback, retried by QStash, arrives when the sidecar answers again.
+    port = free_port()
+    with TcpProxy("127.0.0.1", port) as proxy:
+        proxy.cut()
+        async with sidecar_with_one_slot(
+            database_url,
+            external,
+            tmp_path / "outbox",
+            time_scale=0.01,  # backoff 0.12 s, 1.48 s; the first re-drive's wait 0.1 s
+            port=port,
+            public_port=proxy.port,
+        ) as sidecar:
+            job_id = await sidecar.enqueue_match(retries=2)
+            broker = sidecar.parts.broker
+            assert isinstance(broker, LocalQStashBroker)
+            token = broker.server.user.token
+
+            async with httpx.AsyncClient(
+                base_url=broker.server.url, headers={"Authorization": f"Bearer {token}"}
+            ) as qstash:
+
+                async def dead_lettered() -> bool | None:
+                    messages = (await qstash.get("/v2/dlq")).json()["messages"]
+                    return True if messages else None
+
+                await eventually(dead_lettered, what="QStash to give up on the job", timeout=20)
+            assert (await sidecar.status(job_id)).state == PENDING  # not failed meanwhile
+            proxy.restore()
+            done = await sidecar.completed(job_id)
+
+        assert (done.attempts, len(done.history)) == (1, 1)
+        [redrive] = done.events
+        assert redrive.kind == jobs_pb2.JOB_EVENT_KIND_REDRIVEN
+        assert "after 3 deliveries" in redrive.detail
+        assert redrive.qstash_message_id != done.qstash_message_id

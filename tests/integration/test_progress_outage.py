@@ -1,4 +1,5 @@
-"""A database outage between a notification's send and its "sent" note does not send it twice.
+"""A database outage between a notification's send and its "sent" note does not send it twice,
+and a note that cannot be written by the handler's deadline is held and written later.
 
 The job log reaches PostgreSQL through a TCP proxy (``tests.standins.tcp``); the proxy is cut
 the moment the SMTP stand-in receives the email, before it answers, and restored once the
@@ -9,13 +10,16 @@ stand-ins.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,8 +27,12 @@ from sqlalchemy import make_url
 
 from jobsvc.adapters.settings import AdapterSettings, HttpSystem
 from jobsvc.adapters.settings import SmtpServer as SmtpSettings
+from jobsvc.db import JobLog, create_database_engine, upgrade
+from jobsvc.errors import StorageUnavailable
+from jobsvc.jobs import Job, JobType
 from jobsvc.localqstash import LocalQStashSettings
 from jobsvc.runtime import running
+from jobsvc.service.progress import JobProgress, UnsavedNotes
 from jobsvc.settings import Settings
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2
@@ -140,3 +148,55 @@ async def test_an_email_sent_while_the_database_goes_away_is_noted_and_not_sent_
         assert "progress_note_retry" in log.actions
         assert "handler_crashed" not in log.actions
         assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_COMPLETED, 1)
+
+
+async def test_a_note_not_written_by_the_deadline_is_held_and_written_once_storage_returns(
+    database_url: str,
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs a database reached over TCP")
+    url = make_url(database_url)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        engine = create_database_engine(proxied)
+        try:
+            upgrade(engine)
+            job_log = JobLog(engine)
+            job = Job(
+                id=uuid.uuid4(),
+                type=JobType.CRM_MATCH,
+                payload={"listingId": "L1", "agentId": "A1"},
+                created_at=datetime.now(UTC),
+            )
+            job_log.insert(job)
+            unsaved = UnsavedNotes(job_log.progress)
+            progress = JobProgress(job_log.progress, job.id, unsaved)
+
+            proxy.cut()
+            # The handler's deadline ends the attempt while the note cannot be written.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await progress.record("email", {"status": "sent"})
+            # This process's next attempt knows, without the job log.
+            later = JobProgress(job_log.progress, job.id, unsaved)
+            assert await later.get("email") == {"status": "sent"}
+
+            proxy.restore()
+
+            async def written() -> dict[str, Any] | None:
+                try:
+                    return await asyncio.to_thread(job_log.progress.get, job.id, "email")
+                except StorageUnavailable:  # a pooled connection the cut closed
+                    return None
+
+            assert await eventually(written, what="the note in the job log", timeout=20) == {
+                "status": "sent"
+            }
+
+            async def forgotten() -> bool | None:
+                return True if unsaved.of(job.id) == {} else None
+
+            await eventually(forgotten, what="the held note to be let go", timeout=10)
+            await unsaved.aclose()
+        finally:
+            engine.dispose()

@@ -29,6 +29,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._cut = False
         self.port = 0
         self.cuts = 0
@@ -102,8 +103,24 @@ class TcpProxy:
         self._writers.clear()
         if stop and self._server is not None:
             self._server.close()
+            tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._server.wait_closed()
 
     async def _connected(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._forward(client_r, client_w)
+        finally:
+            self._tasks.discard(task)
+
+    async def _forward(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
     ) -> None:
         if self._cut:
