@@ -769,6 +769,8 @@ def adapter_env(systems: ExternalSystems, smtp: SmtpServer) -> dict[str, str]:
 def check_ports_free(ports: Ports) -> None:
     for port in (ports.grpc, ports.sidecar, ports.qstash):
         with socket.socket() as sock:
+            # As the servers bind: connections of an earlier run in TIME_WAIT do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError as exc:
@@ -821,6 +823,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_for_postgres(args.postgres_admin_url, timeout=300)
 
         stack.callback(postgres_back)
+        # The broker's state goes, the logs stay.
+        stack.callback(lambda: [path.unlink() for path in workdir.glob("qstash.sqlite3*")])
         migrate(dsn)
         systems = stack.enter_context(ExternalSystems())
         seed(systems, calls)
@@ -951,7 +955,11 @@ def main() -> int:
         raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
     signal.signal(signal.SIGTERM, terminated)
-    report = run(args)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        log("interrupted; the processes are stopped and the databases dropped")
+        return 130
     if args.json:
         print(json.dumps(report, indent=2))
     else:
