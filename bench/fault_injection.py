@@ -463,14 +463,14 @@ def error_kind(error: str | None) -> str:
 def window_of(at: float, events: list[FaultEvent], crash_window: float) -> tuple[str, bool]:
     """Where a side effect seen at ``at`` falls, and whether that is a sidecar crash:
     ``crash_window`` seconds before a SIGKILL of the sidecar, up to 1 s after it (the time
-    the watcher may take to see it). Otherwise the fault it followed, within 30 s of its
-    recovery (QStash's first retry comes 12 s after a failed attempt), or no fault."""
+    the watcher may take to see it). Otherwise the latest fault it followed, within 30 s of
+    its recovery (QStash's first retry comes 12 s after a failed attempt), or no fault."""
     for event in events:
         if event.name == "sidecar" and event.started - crash_window <= at <= event.started + 1:
             return "sidecar crash", True
-    for event in events:
-        if event.started - 2 <= at <= event.ended + 30:
-            return f"{event.name} fault", False
+    began = [event for event in events if event.started - 2 <= at]
+    if began and at <= began[-1].ended + 30:
+        return f"{began[-1].name} fault", False
     return "no fault", False
 
 
