@@ -110,7 +110,7 @@ MESSAGE_ID = re.compile(r"<([0-9a-f-]{36})\.email@")
 LISTINGS_PATH = re.compile(r"/platforms/([a-z]+)/listings$")
 CRM_MATCHES_PATH = re.compile(r"/crm/agents/([^/]+)/listings/([^/]+)/matches$")
 # Ids and numbers in error texts, so that failures of one kind group together.
-VARIABLE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\b\d+(\.\d+)?\b")
+VARIABLE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?")
 
 
 def log(message: str) -> None:
@@ -224,6 +224,7 @@ class Receipts:
         self.requests: list[tuple[float, RecordedRequest]] = []
         self.mails: list[tuple[float, ReceivedMail]] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one look at a time, or an item would be taken twice
         self._thread = threading.Thread(target=self._watch, name="receipts", daemon=True)
 
     def __enter__(self) -> Receipts:
@@ -240,12 +241,13 @@ class Receipts:
             self.look()
 
     def look(self) -> None:
-        now = time.monotonic()
-        with self.systems.lock:
-            new_requests = self.systems.requests[len(self.requests) :]
-        self.requests += [(now, r) for r in new_requests]
-        new_mails = self.smtp.messages[len(self.mails) :]
-        self.mails += [(now, m) for m in new_mails]
+        with self._lock:
+            now = time.monotonic()
+            with self.systems.lock:
+                new_requests = self.systems.requests[len(self.requests) :]
+            self.requests += [(now, r) for r in new_requests]
+            new_mails = self.smtp.messages[len(self.mails) :]
+            self.mails += [(now, m) for m in new_mails]
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,23 @@ class Faults:
             raise RuntimeError(f"pg_ctlcluster restart failed: {output.decode(errors='replace')}")
         wait_for_postgres(self.admin_url, timeout=120)
         return f"restarted; accepting connections after {time.monotonic() - began:.1f} s"
+
+    def ensure_postgres(self) -> None:
+        """If this run restarted PostgreSQL, return only once it accepts connections again:
+        start it should it still be down a minute later."""
+        if not self.restarted_postgres:
+            return
+        try:
+            wait_for_postgres(self.admin_url, timeout=60)
+        except RuntimeError:
+            version, cluster = self.postgres_cluster
+            log("PostgreSQL is still down: starting it")
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                start_new_session=True,
+                check=False,
+            )
+            wait_for_postgres(self.admin_url, timeout=120)
 
     def _stop_broker(self) -> str:
         self.service.signal("qstash-dev", signal.SIGSTOP)
@@ -819,8 +838,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         def postgres_back() -> None:  # before the databases are dropped
-            if faults is not None and faults.restarted_postgres:
-                wait_for_postgres(args.postgres_admin_url, timeout=300)
+            if faults is not None:
+                faults.ensure_postgres()
 
         stack.callback(postgres_back)
         # The broker's state goes, the logs stay.
