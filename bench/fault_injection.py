@@ -110,7 +110,7 @@ MESSAGE_ID = re.compile(r"<([0-9a-f-]{36})\.email@")
 LISTINGS_PATH = re.compile(r"/platforms/([a-z]+)/listings$")
 CRM_MATCHES_PATH = re.compile(r"/crm/agents/([^/]+)/listings/([^/]+)/matches$")
 # Ids and numbers in error texts, so that failures of one kind group together.
-VARIABLE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\b\d+(\.\d+)?\b")
+VARIABLE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?")
 
 
 def log(message: str) -> None:
@@ -224,6 +224,7 @@ class Receipts:
         self.requests: list[tuple[float, RecordedRequest]] = []
         self.mails: list[tuple[float, ReceivedMail]] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one look at a time, or an item would be taken twice
         self._thread = threading.Thread(target=self._watch, name="receipts", daemon=True)
 
     def __enter__(self) -> Receipts:
@@ -240,12 +241,13 @@ class Receipts:
             self.look()
 
     def look(self) -> None:
-        now = time.monotonic()
-        with self.systems.lock:
-            new_requests = self.systems.requests[len(self.requests) :]
-        self.requests += [(now, r) for r in new_requests]
-        new_mails = self.smtp.messages[len(self.mails) :]
-        self.mails += [(now, m) for m in new_mails]
+        with self._lock:
+            now = time.monotonic()
+            with self.systems.lock:
+                new_requests = self.systems.requests[len(self.requests) :]
+            self.requests += [(now, r) for r in new_requests]
+            new_mails = self.smtp.messages[len(self.mails) :]
+            self.mails += [(now, m) for m in new_mails]
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,23 @@ class Faults:
         wait_for_postgres(self.admin_url, timeout=120)
         return f"restarted; accepting connections after {time.monotonic() - began:.1f} s"
 
+    def ensure_postgres(self) -> None:
+        """If this run restarted PostgreSQL, return only once it accepts connections again:
+        start it should it still be down a minute later."""
+        if not self.restarted_postgres:
+            return
+        try:
+            wait_for_postgres(self.admin_url, timeout=60)
+        except RuntimeError:
+            version, cluster = self.postgres_cluster
+            log("PostgreSQL is still down: starting it")
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                start_new_session=True,
+                check=False,
+            )
+            wait_for_postgres(self.admin_url, timeout=120)
+
     def _stop_broker(self) -> str:
         self.service.signal("qstash-dev", signal.SIGSTOP)
         try:
@@ -463,14 +482,14 @@ def error_kind(error: str | None) -> str:
 def window_of(at: float, events: list[FaultEvent], crash_window: float) -> tuple[str, bool]:
     """Where a side effect seen at ``at`` falls, and whether that is a sidecar crash:
     ``crash_window`` seconds before a SIGKILL of the sidecar, up to 1 s after it (the time
-    the watcher may take to see it). Otherwise the fault it followed, within 30 s of its
-    recovery (QStash's first retry comes 12 s after a failed attempt), or no fault."""
+    the watcher may take to see it). Otherwise the latest fault it followed, within 30 s of
+    its recovery (QStash's first retry comes 12 s after a failed attempt), or no fault."""
     for event in events:
         if event.name == "sidecar" and event.started - crash_window <= at <= event.started + 1:
             return "sidecar crash", True
-    for event in events:
-        if event.started - 2 <= at <= event.ended + 30:
-            return f"{event.name} fault", False
+    began = [event for event in events if event.started - 2 <= at]
+    if began and at <= began[-1].ended + 30:
+        return f"{began[-1].name} fault", False
     return "no fault", False
 
 
@@ -769,6 +788,8 @@ def adapter_env(systems: ExternalSystems, smtp: SmtpServer) -> dict[str, str]:
 def check_ports_free(ports: Ports) -> None:
     for port in (ports.grpc, ports.sidecar, ports.qstash):
         with socket.socket() as sock:
+            # As the servers bind: connections of an earlier run in TIME_WAIT do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError as exc:
@@ -817,10 +838,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         def postgres_back() -> None:  # before the databases are dropped
-            if faults is not None and faults.restarted_postgres:
-                wait_for_postgres(args.postgres_admin_url, timeout=300)
+            if faults is not None:
+                faults.ensure_postgres()
 
         stack.callback(postgres_back)
+        # The broker's state goes, the logs stay.
+        stack.callback(lambda: [path.unlink() for path in workdir.glob("qstash.sqlite3*")])
         migrate(dsn)
         systems = stack.enter_context(ExternalSystems())
         seed(systems, calls)
@@ -951,7 +974,11 @@ def main() -> int:
         raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
     signal.signal(signal.SIGTERM, terminated)
-    report = run(args)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        log("interrupted; the processes are stopped and the databases dropped")
+        return 130
     if args.json:
         print(json.dumps(report, indent=2))
     else:
