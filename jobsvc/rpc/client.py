@@ -89,7 +89,9 @@ class ServiceUnavailable(JobServiceError):
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    """What Enqueue answered: the job, and whether it already existed (same deduplication id)."""
+    """What Enqueue answered: the job, and whether it already existed (same deduplication id).
+    After a retry of a job with the caller's own deduplication id, ``deduplicated`` may be the
+    client's own first attempt; with a key of the client's it never is."""
 
     job: Job
     deduplicated: bool
