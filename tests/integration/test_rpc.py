@@ -42,6 +42,7 @@ from sqlalchemy import Engine
 
 from jobsvc.broker import QStashBroker, SidecarUrls
 from jobsvc.db import JobLog, pages, utc_now
+from jobsvc.errors import InvalidArgument
 from jobsvc.jobs import EnqueueOptions, Schedule
 from jobsvc.localqstash import LocalQStashServer
 from jobsvc.payloads import CrmMatch
@@ -1218,6 +1219,14 @@ async def test_page_tokens_cannot_be_forged_and_are_read_defensively(
     for token in [*forged[:4], jobs_token, _signed(b'{"k":[1],"f":"x"}', key)]:
         got = await rejected(stub.ListSchedules(pb.ListSchedulesRequest(page_token=token)))
         assert (got.code, got.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), token
+    # A replica with another key (JOBSVC_PAGE_TOKEN_KEY) refuses them; one with the same key reads
+    # them.
+    with pytest.raises(InvalidArgument):
+        JobLog(engine, page_token_key=b"another key").list(page_size=1, page_token=jobs_token)
+    keyed = JobLog(engine, page_token_key=b"shared key")
+    _, shared_token = keyed.list(page_size=1)
+    assert shared_token is not None
+    assert len(JobLog(engine, page_token_key=b"shared key").list(page_token=shared_token)[0]) == 2
     # The real ones still page.
     rest = await stub.ListJobs(pb.ListJobsRequest(page_size=5, page_token=jobs_token))
     assert len(rest.jobs) == 2
