@@ -125,7 +125,8 @@ class FieldChecker:
     def _first_seen(self, path: str, index: int, item: object, seen: dict[object, int]) -> bool:
         if item in seen:
             first = f"{self.root}.{path}[{seen[item]}]"
-            self._add(f"{path}[{index}]", f"duplicate of {first} ({quoted(item)})")
+            # Only valid items are compared, so the item is short.
+            self._add(f"{path}[{index}]", f"duplicate of {first} ({item!s})")
             return False
         seen[item] = index
         return True

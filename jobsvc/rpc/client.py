@@ -79,17 +79,19 @@ _OUTCOMES = {number: name for name, number in conversion.ATTEMPT_OUTCOMES.items(
 
 
 class ServiceUnavailable(JobServiceError):
-    """The client could not reach jobsvc, or jobsvc did not answer in time. Only the client
-    raises it (so it is not among the service's errors in ``jobsvc.errors``). After a timeout
-    the call may or may not have taken effect; an Enqueue with a deduplication id is safe to
-    repeat either way."""
+    """The client could not reach jobsvc (after its own retries, where they are safe), or jobsvc
+    did not answer in time. Only the client raises it (so it is not among the service's errors
+    in ``jobsvc.errors``). The call may or may not have taken effect; an Enqueue with a
+    deduplication id, or a cron Schedule with a schedule id, is safe to repeat either way."""
 
     reason = "SERVICE_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    """What Enqueue answered: the job, and whether it already existed (same deduplication id)."""
+    """What Enqueue answered: the job, and whether it already existed (same deduplication id).
+    After a retry of a job with the caller's own deduplication id, ``deduplicated`` may be the
+    client's own first attempt; with a key of the client's it never is."""
 
     job: Job
     deduplicated: bool

@@ -30,23 +30,15 @@ log = logging.getLogger("jobsvc.rpc")
 _CHECKED_PACKAGE = "jobsvc."
 
 
-class _Malformed:
-    """What the decoder hands the handler for bytes it could not decode."""
+class _Refused:
+    """What the decoder hands the handler instead of a request it refuses."""
 
-    def __init__(self, method: str, type_name: str) -> None:
-        self.method = method
-        self.type_name = type_name
+    def __init__(self, error: JobServiceError) -> None:
+        self.error = error
 
 
 def _refusal(request: Any) -> JobServiceError | None:
-    if isinstance(request, _Malformed):
-        return MalformedRequest(f"the request is not a valid {request.type_name} message")
-    descriptor = getattr(request, "DESCRIPTOR", None)
-    if descriptor is not None and descriptor.full_name.startswith(_CHECKED_PACKAGE):
-        violations = unstorable_text(request)
-        if violations:
-            return InvalidArgument(violations)
-    return None
+    return request.error if isinstance(request, _Refused) else None
 
 
 async def _refuse(context: Context, method: str, error: JobServiceError) -> None:
@@ -62,13 +54,21 @@ async def _refuse(context: Context, method: str, error: JobServiceError) -> None
 
 def _guarded(method: str, handler: Handler) -> Handler:
     decode = handler.request_deserializer
-    type_name = getattr(getattr(decode, "__self__", None), "__name__", "request")
+    message_type = getattr(decode, "__self__", None)
+    type_name = getattr(message_type, "__name__", "request")
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    checked = descriptor is not None and descriptor.full_name.startswith(_CHECKED_PACKAGE)
 
     def deserialize(data: bytes) -> Any:
         try:
-            return decode(data) if decode is not None else data
+            request: Any = decode(data) if decode is not None else data
         except Exception:
-            return _Malformed(method, type_name)
+            return _Refused(MalformedRequest(f"the request is not a valid {type_name} message"))
+        # UTF-8 writes NUL as a 0 byte: without one, no string holds NUL. The walk costs about
+        # 15 us an EnqueueBatch entry, the byte search next to nothing.
+        if checked and b"\x00" in data and (violations := unstorable_text(request)):
+            return _Refused(InvalidArgument(violations))
+        return request
 
     if handler.unary_unary is not None:
         unary: Any = handler.unary_unary  # typed for sync servers in the stubs

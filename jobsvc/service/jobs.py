@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from jobsvc.broker import Broker, CronSchedule, Delivery, Envelope, SidecarUrls
-from jobsvc.crons import cron_violations, time_zone_violations
 from jobsvc.db import JobLog
 from jobsvc.db.transitions import LEASE_EXPIRED
 from jobsvc.errors import (
@@ -419,15 +418,9 @@ class JobService:
         handler_timeout: timedelta | None,
     ) -> Schedule:
         """Create a recurring job, or replace the schedule with ``schedule_id``. The broker
-        takes it first: if it cannot, nothing is recorded (``BrokerUnavailable``)."""
+        takes it first: if it cannot, nothing is recorded (``BrokerUnavailable``). ``cron`` and
+        ``time_zone`` follow ``jobsvc.crons``' rules, which the transport checked."""
         if self.payload_check is not None and (violations := list(self.payload_check(payload))):
-            raise InvalidArgument(violations)
-        # The cron rules hold whichever transport asked: a schedule that never fires is refused
-        # here, not by the broker arming it.
-        violations = cron_violations(cron, time_zone)
-        if time_zone is not None:
-            violations += time_zone_violations(time_zone)
-        if violations:
             raise InvalidArgument(violations)
         schedule_id = schedule_id or f"sched_{uuid.uuid4().hex}"
         now = self.clock()

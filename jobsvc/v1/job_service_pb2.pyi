@@ -495,7 +495,8 @@ class ScheduleRequest(_message.Message):
     cron: _builtins.str
     """A five-field cron expression (minute, hour, day of month, month, day of week; for example
     "0 9 * * *" for 09:00 every day) that makes a recurring schedule. One-minute resolution; a
-    malformed expression, or one with a CRON_TZ prefix (use time_zone), gives INVALID_ARGUMENT.
+    malformed expression, one with a CRON_TZ prefix (use time_zone), or one that never fires
+    ("0 0 31 2 *": no run within 10 years) gives INVALID_ARGUMENT.
     """
     time_zone: _builtins.str
     """The IANA time zone the cron expression is read in, for example "America/New_York". Empty

@@ -42,13 +42,25 @@ from sqlalchemy import Engine
 
 from jobsvc.broker import QStashBroker, SidecarUrls
 from jobsvc.db import JobLog, pages, utc_now
+from jobsvc.errors import InvalidArgument
+from jobsvc.jobs import EnqueueOptions, Schedule
 from jobsvc.localqstash import LocalQStashServer
-from jobsvc.rpc import JobServer, build_server, serve
+from jobsvc.payloads import CrmMatch
+from jobsvc.rpc import (
+    AsyncJobClient,
+    EnqueueResult,
+    JobClient,
+    JobServer,
+    ServiceUnavailable,
+    build_server,
+    serve,
+)
 from jobsvc.rpc.errors import unary
 from jobsvc.service.jobs import JobService
 from jobsvc.v1 import job_service_pb2 as pb
 from jobsvc.v1 import job_service_pb2_grpc, jobs_pb2, payloads_pb2
 from tests.receiver import Receiver
+from tests.standins.grpc_proxy import CommitThenDrop
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 ENQUEUE_JSON = '{"syndicateListing": {"listingId": "L1", "platforms": ["zillow"]}}'
@@ -1207,6 +1219,14 @@ async def test_page_tokens_cannot_be_forged_and_are_read_defensively(
     for token in [*forged[:4], jobs_token, _signed(b'{"k":[1],"f":"x"}', key)]:
         got = await rejected(stub.ListSchedules(pb.ListSchedulesRequest(page_token=token)))
         assert (got.code, got.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), token
+    # A replica with another key (JOBSVC_PAGE_TOKEN_KEY) refuses them; one with the same key reads
+    # them.
+    with pytest.raises(InvalidArgument):
+        JobLog(engine, page_token_key=b"another key").list(page_size=1, page_token=jobs_token)
+    keyed = JobLog(engine, page_token_key=b"shared key")
+    _, shared_token = keyed.list(page_size=1)
+    assert shared_token is not None
+    assert len(JobLog(engine, page_token_key=b"shared key").list(page_token=shared_token)[0]) == 2
     # The real ones still page.
     rest = await stub.ListJobs(pb.ListJobsRequest(page_size=5, page_token=jobs_token))
     assert len(rest.jobs) == 2
@@ -1336,3 +1356,60 @@ async def test_errors_about_huge_input_stay_small_and_name_the_field(
     assert got.fields == [f"requests[{i}].payload" for i in range(20)]
     assert re.search(r"; and 1\d\d more$", info.value.details() or "")
     assert await _counts(stub) == before
+
+
+# -- the typed client's retries -------------------------------------------------------------------
+
+ENQUEUE = "/jobsvc.v1.JobService/Enqueue"
+ENQUEUE_BATCH = "/jobsvc.v1.JobService/EnqueueBatch"
+SCHEDULE = "/jobsvc.v1.JobService/Schedule"
+RETRY = "/jobsvc.v1.JobService/RetryJob"
+
+
+async def test_client_retries_after_a_lost_answer_create_nothing_twice(
+    rpc: Running, stub: job_service_pb2_grpc.JobServiceStub
+) -> None:
+    """The server commits, its answer is lost (UNAVAILABLE, as when `jobsvc rpc` dies right
+    after the commit): the client's retry finds what the first attempt created."""
+    crm_payload = CrmMatch(listing_id="L1", agent_id="A1")
+    async with CommitThenDrop(rpc.address) as proxy:
+        async with AsyncJobClient(proxy.address) as client:
+            proxy.lose_next(ENQUEUE)
+            result = await client.enqueue(crm_payload)
+            assert (proxy.dropped[ENQUEUE], proxy.forwarded[ENQUEUE]) == (1, 2)
+            assert result.deduplicated is False  # its own first attempt, not another caller's
+
+            proxy.lose_next(ENQUEUE_BATCH)
+            batch = await client.enqueue_batch(
+                [crm_payload, (crm_payload, EnqueueOptions(deduplication_id="mine"))]
+            )
+            assert proxy.forwarded[ENQUEUE_BATCH] == 2
+            assert batch[0].deduplicated is False
+            # With the caller's own key the client cannot tell its first attempt from another
+            # caller's: deduplicated, as the service says.
+            assert (batch[1].deduplicated, batch[1].job.deduplication_id) == (True, "mine")
+
+            proxy.lose_next(SCHEDULE)
+            schedule = await client.schedule(crm_payload, cron="0 9 * * *")
+            assert proxy.forwarded[SCHEDULE] == 2
+            assert isinstance(schedule, Schedule)
+
+            # Not safe to repeat: the lost answer is reported, not retried.
+            proxy.lose_next(SCHEDULE)
+            with pytest.raises(ServiceUnavailable):
+                await client.schedule(crm_payload, delay=timedelta(hours=1))
+            assert proxy.forwarded[SCHEDULE] == 3
+
+        def blocking() -> EnqueueResult:
+            with JobClient(proxy.address) as client:
+                return client.enqueue(crm_payload)
+
+        proxy.lose_next(ENQUEUE)
+        blocking_result = await asyncio.to_thread(blocking)
+        assert proxy.forwarded[ENQUEUE] == 4
+
+    ids = {job.id for job in await all_jobs(stub)}
+    assert len(ids) == 5  # enqueue, two batch entries, the one-off run, the blocking enqueue
+    assert {str(result.job.id), str(blocking_result.job.id), *(str(r.job.id) for r in batch)} <= ids
+    schedules = await stub.ListSchedules(pb.ListSchedulesRequest())
+    assert [s.schedule_id for s in schedules.schedules] == [schedule.id]

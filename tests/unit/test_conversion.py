@@ -288,10 +288,40 @@ def test_good_cron_expressions(expression: str) -> None:
     assert cron_violations(expression) == []
 
 
-def test_time_zones() -> None:
-    assert time_zone_violations("America/New_York") == []
-    assert [v.field for v in time_zone_violations("Mars/Olympus")] == ["time_zone"]
-    assert [v.field for v in time_zone_violations("../etc/passwd")] == ["time_zone"]
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Mars/Olympus",
+        "../etc/passwd",
+        "America",
+        "Asia",
+        "Etc",
+        "",
+        "UTC\x00",
+        "Europe/" + "x" * 300,
+    ],
+)
+def test_unknown_time_zones(name: str) -> None:
+    assert [v.field for v in time_zone_violations(name)] == ["time_zone"]
+
+
+@pytest.mark.parametrize("name", ["America/New_York", "UTC", "Etc/GMT+5", "Asia/Kolkata"])
+def test_known_time_zones(name: str) -> None:
+    assert time_zone_violations(name) == []
+
+
+@pytest.mark.parametrize("expression", ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"])
+def test_crons_that_never_fire_are_refused(expression: str) -> None:
+    [violation] = cron_violations(expression)
+    assert violation.field == "cron"
+    assert "never fires" in violation.description
+    assert next_run_time(expression, None, datetime(2026, 1, 1, tzinfo=UTC)) is None
+
+
+def test_a_cron_firing_only_on_29_february_is_accepted() -> None:
+    assert cron_violations("0 0 29 2 *", "America/New_York") == []
+    after = datetime(2097, 3, 1, tzinfo=UTC)  # 2100 is no leap year: the next one is 2104
+    assert next_run_time("0 0 29 2 *", None, after) == datetime(2104, 2, 29, tzinfo=UTC)
 
 
 def test_next_run_time_follows_the_zone_across_daylight_saving() -> None:
