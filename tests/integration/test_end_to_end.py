@@ -417,11 +417,12 @@ async def test_deduplication_returns_the_same_job_and_runs_it_once(stack: Stack)
 
 
 async def test_a_job_cancelled_before_its_delivery_never_runs(stack: Stack) -> None:
-    # Ten minutes are 0.6 s at this time scale: cancelled long before, and waited out.
-    job = (await stack.stub.Enqueue(crm("cancel-me", delay=Duration(seconds=600)))).job
+    # 50 minutes are 3 s at this time scale: cancelled long before (even on a loaded machine),
+    # and waited out.
+    job = (await stack.stub.Enqueue(crm("cancel-me", delay=Duration(seconds=3000)))).job
     cancelled = (await stack.stub.CancelJob(pb.CancelJobRequest(job_id=job.id))).job
     assert cancelled.state == CANCELLED
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(3.5)
     # A delivery that comes anyway (QStash had already sent it) is acknowledged, not run.
     envelope = Envelope(
         job_type=JobType.CRM_MATCH,
@@ -442,7 +443,8 @@ async def test_a_job_cancelled_before_its_delivery_never_runs(stack: Stack) -> N
 
 async def test_watch_job_streams_each_state_to_the_end(stack: Stack) -> None:
     stack.script.sleeps["slow"] = [0.3]
-    job = (await stack.stub.Enqueue(crm("slow", delay=Duration(seconds=200)))).job
+    # Due in 2 s (scaled): the watch starts long before, so it sees the job pending.
+    job = (await stack.stub.Enqueue(crm("slow", delay=Duration(seconds=2000)))).job
     call = stack.stub.WatchJob(pb.WatchJobRequest(job_id=job.id))
     seen = [(m.job.state, m.job.attempts) async for m in call]
     assert seen == [(PENDING, 0), (PROCESSING, 1), (COMPLETED, 1)]
@@ -453,7 +455,7 @@ async def test_watch_job_reports_states_that_fall_between_two_polls(stack: Stack
     # Each attempt takes milliseconds and the retry comes 12 ms later: well inside one poll
     # interval (50 ms). The attempt history still shows every state the job went through.
     stack.script.failures["quick"] = 1
-    job = (await stack.stub.Enqueue(crm("quick", delay=Duration(seconds=150)))).job
+    job = (await stack.stub.Enqueue(crm("quick", delay=Duration(seconds=1500)))).job
     call = stack.stub.WatchJob(pb.WatchJobRequest(job_id=job.id))
     messages = [m.job async for m in call]
     assert [(m.state, m.attempts) for m in messages] == [
@@ -519,11 +521,11 @@ async def test_bad_payloads_and_bad_signatures_write_nothing(stack: Stack) -> No
 
 
 async def test_a_duplicate_delivery_runs_the_handler_once(stack: Stack) -> None:
-    # QStash delivers it 1 s on (1000 s at this time scale); the test delivers it first, twice
+    # QStash delivers it 3 s on (3000 s at this time scale); the test delivers it first, twice
     # at once and once more, and QStash's own delivery then comes as the fourth. (Had QStash's
     # come while the handler runs, see test_a_dead_lettered_duplicate_message_...)
     stack.script.sleeps["dup"] = [0.15]
-    enqueued = (await stack.stub.Enqueue(crm("dup", delay=Duration(seconds=1000)))).job
+    enqueued = (await stack.stub.Enqueue(crm("dup", delay=Duration(seconds=3000)))).job
     # Enqueue answers once the job is stored; its message id comes with the publish after.
     job = await stack.until(enqueued.id, lambda j: j.qstash_message_id != "", "the publish")
     body = Envelope(

@@ -432,7 +432,7 @@ async def test_a_listing_service_slower_than_its_timeout_is_a_retry(
     systems: ExternalSystems, make_handlers: HandlersFactory
 ) -> None:
     handlers = make_handlers(listing_timeout_seconds=0.3)
-    systems.delay_next(LISTING_SERVICE, 1.0)
+    systems.delay_next(LISTING_SERVICE, 30.0)  # the client giving up ends the wait
     job = handlers.job(SyndicateListing(listing_id="L1", platforms=(ZILLOW,)))
 
     started = time.monotonic()
@@ -442,7 +442,7 @@ async def test_a_listing_service_slower_than_its_timeout_is_a_retry(
     assert outcome.kind is RETRY
     assert outcome.retry_after is None
     assert "no answer within 0.3 s" in error_of(outcome)
-    assert elapsed < 0.9  # gave up at its own timeout, not when the answer came
+    assert elapsed < 15  # gave up at its own timeout, not when the answer came (30 s)
     assert platform_requests(systems, ZILLOW) == [0]
 
 

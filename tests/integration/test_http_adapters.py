@@ -376,13 +376,13 @@ async def test_a_slow_answer_beyond_the_timeout_is_unavailable(
 ) -> None:
     systems.listings["L1"] = dict(LISTING_JSON)
     listings = HttpListingService(endpoint(systems.listing_service_url, timeout_seconds=0.2))
-    systems.delay_next(LISTING_SERVICE, 3.0)
+    systems.delay_next(LISTING_SERVICE, 60.0)  # the client giving up ends the wait
 
     started = time.monotonic()
     with pytest.raises(Unavailable, match=r"no answer within 0\.2 s"):
         await listings.get_listing("L1")
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 30  # its own timeout, not the 60 s answer
     assert (await listings.get_listing("L1")).id == "L1"
 
 

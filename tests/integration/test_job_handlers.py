@@ -249,10 +249,11 @@ async def test_a_retried_step_sends_each_channel_once_and_enqueues_the_next_step
     pipeline: Pipeline,
 ) -> None:
     pipeline.external.applicants["A2"] = applicant("A2")
-    # As if an earlier attempt of day5 had enqueued day7 already (it waits 1000 s, 1 s here).
+    # As if an earlier attempt of day5 had enqueued day7 already. It waits 30 days (43 min
+    # here), so it cannot come due and send its own email however slowly day5 runs.
     day7 = (
         await pipeline.stub.Enqueue(
-            pb.EnqueueRequest(**reminder("A2", "day7"), delay=Duration(seconds=1000))
+            pb.EnqueueRequest(**reminder("A2", "day7"), delay=Duration(seconds=30 * 86400))
         )
     ).job.id
     # The gateway fails day5's first text: the attempt is retried.

@@ -922,7 +922,7 @@ async def test_health_flips_to_not_serving_and_in_flight_calls_finish(
     assert (await next_of(health_watch)).status == health_pb2.HealthCheckResponse.SERVING
 
     started = time.monotonic()
-    stopping = asyncio.create_task(rpc.server.stop(5.0, drain_seconds=0.3))
+    stopping = asyncio.create_task(rpc.server.stop(60.0, drain_seconds=0.3))
     assert (await next_of(health_watch)).status == health_pb2.HealthCheckResponse.NOT_SERVING
     health_watch.cancel()
     # During the drain new calls still arrive, and health says NOT_SERVING.
@@ -939,7 +939,7 @@ async def test_health_flips_to_not_serving_and_in_flight_calls_finish(
     assert await next_of(watch) is grpc.aio.EOF
     assert await watch.code() == grpc.StatusCode.OK
     await stopping
-    assert time.monotonic() - started < 3.0  # ended when the last call did, not at the grace
+    assert time.monotonic() - started < 30  # ended when the last call did, not at the grace
 
 
 @transport_only
