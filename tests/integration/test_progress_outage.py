@@ -81,11 +81,14 @@ def restoring(proxy: TcpProxy, *actions: str) -> Iterator[_RestoreOn]:
         logger.removeHandler(handler)
 
 
+# A database reached over TCP, so that the proxy can cut it: PostgreSQL only.
+_POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@_POSTGRESQL_ONLY
 async def test_an_email_sent_while_the_database_goes_away_is_noted_and_not_sent_again(
     database_url: str, tmp_path: Path
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("needs a database reached over TCP")
     url = make_url(database_url)
     with (
         TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy,
@@ -150,11 +153,10 @@ async def test_an_email_sent_while_the_database_goes_away_is_noted_and_not_sent_
         assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_COMPLETED, 1)
 
 
+@_POSTGRESQL_ONLY
 async def test_a_note_not_written_by_the_deadline_is_held_and_written_once_storage_returns(
     database_url: str,
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("needs a database reached over TCP")
     url = make_url(database_url)
     with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
