@@ -109,14 +109,19 @@ async def _broker(settings: Settings, *, embed_local: bool) -> Broker:
     if settings.broker is BrokerKind.QSTASH:
         assert settings.qstash_token is not None  # Settings.validate() checked it
         return QStashBroker(
-            token=settings.qstash_token, base_url=settings.qstash_url or UPSTASH_URL
+            token=settings.qstash_token,
+            base_url=settings.qstash_url or UPSTASH_URL,
+            delivery_parallelism=settings.flow_control_parallelism,
         )
     if embed_local:
-        return await LocalQStashBroker.start(settings.local_qstash)
+        return await LocalQStashBroker.start(
+            settings.local_qstash, delivery_parallelism=settings.flow_control_parallelism
+        )
     # A separately running `jobsvc qstash-dev` (or any QStash-compatible server).
     return QStashBroker(
         token=settings.qstash_token or DEV_USERS[0].token,
         base_url=settings.qstash_url or LOCAL_QSTASH_URL,
+        delivery_parallelism=settings.flow_control_parallelism,
     )
 
 

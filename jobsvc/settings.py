@@ -59,11 +59,22 @@ class Settings:
     # 503 with Retry-After. The adapters' HTTP pool is sized from it.
     max_concurrent_handlers: int = DEFAULT_MAX_CONCURRENT_HANDLERS
     overload_retry_after: timedelta = DEFAULT_OVERLOAD_RETRY_AFTER
+    # Deliveries QStash keeps in flight at once to the sidecars (its flow control); None: the
+    # handlers one sidecar runs at once. Several sidecar replicas: replicas x that bound.
+    # 0: no flow control.
+    delivery_parallelism: int | None = None
     relay_interval: timedelta = timedelta(seconds=1)
     # The time between two steps of a document-reminder sequence.
     reminder_interval: timedelta = timedelta(days=2)
     local_qstash: LocalQStashSettings = field(default_factory=LocalQStashSettings)
     adapters: AdapterSettings = field(default_factory=AdapterSettings)
+
+    @property
+    def flow_control_parallelism(self) -> int | None:
+        """The parallelism the brokers ask QStash for; None for no flow control."""
+        if self.delivery_parallelism is None:
+            return self.max_concurrent_handlers
+        return self.delivery_parallelism or None
 
     @property
     def sidecar_url(self) -> str:
@@ -118,6 +129,11 @@ class Settings:
                     cls.overload_retry_after.total_seconds(),
                 )
             ),
+            delivery_parallelism=(
+                None
+                if get("JOBSVC_DELIVERY_PARALLELISM") is None
+                else int(number("JOBSVC_DELIVERY_PARALLELISM", 0))
+            ),
             relay_interval=timedelta(
                 seconds=number("JOBSVC_RELAY_INTERVAL_SECONDS", cls.relay_interval.total_seconds())
             ),
@@ -160,6 +176,8 @@ class Settings:
             raise ValueError("JOBSVC_HANDLER_TIMEOUT_SECONDS must be positive")
         if self.max_concurrent_handlers < 1:
             raise ValueError("JOBSVC_SIDECAR_MAX_CONCURRENT_HANDLERS must be at least 1")
+        if self.delivery_parallelism is not None and self.delivery_parallelism < 0:
+            raise ValueError("JOBSVC_DELIVERY_PARALLELISM must not be negative")
         if not timedelta(0) < self.overload_retry_after <= timedelta(days=1):
             raise ValueError(
                 "JOBSVC_SIDECAR_OVERLOAD_RETRY_AFTER_SECONDS must be positive, at most a day"

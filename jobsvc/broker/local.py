@@ -22,6 +22,7 @@ class LocalQStashBroker(QStashBroker):
         request_timeout_seconds: float = 10.0,
         client_retries: int = 1,
         client_backoff_seconds: float = 0.1,
+        delivery_parallelism: int | None = None,
     ) -> None:
         super().__init__(
             token=server.user.token,
@@ -29,6 +30,7 @@ class LocalQStashBroker(QStashBroker):
             request_timeout_seconds=request_timeout_seconds,
             client_retries=client_retries,
             client_backoff_seconds=client_backoff_seconds,
+            delivery_parallelism=delivery_parallelism,
         )
         self.server = server
 
@@ -40,6 +42,7 @@ class LocalQStashBroker(QStashBroker):
         request_timeout_seconds: float = 10.0,
         client_retries: int = 1,
         client_backoff_seconds: float = 0.1,
+        delivery_parallelism: int | None = None,
     ) -> LocalQStashBroker:
         """Start a server with ``settings`` and a broker bound to it (as its first user); the
         keyword arguments are ``QStashBroker``'s."""
@@ -51,6 +54,7 @@ class LocalQStashBroker(QStashBroker):
                 request_timeout_seconds=request_timeout_seconds,
                 client_retries=client_retries,
                 client_backoff_seconds=client_backoff_seconds,
+                delivery_parallelism=delivery_parallelism,
             )
         except BaseException:
             await server.stop()

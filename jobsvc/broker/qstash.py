@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import httpx
 from qstash import AsyncQStash
 from qstash.errors import DailyMessageLimitExceededError, QStashError, RateLimitExceededError
-from qstash.message import BatchRequest, BatchResponse, PublishResponse
+from qstash.message import BatchRequest, BatchResponse, FlowControl, PublishResponse
 
 from jobsvc.broker.delivery import CronSchedule, Delivery
 from jobsvc.broker.envelope import CONTENT_TYPE
@@ -27,6 +27,8 @@ log = logging.getLogger("jobsvc.broker")
 _STATUS = re.compile(r"^Request failed with status: (\d{3})\b")
 # Statuses that mean "come back later" rather than "never like this".
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+# The flow-control key of the deliveries to jobsvc's sidecars.
+DEFAULT_FLOW_CONTROL_KEY = "jobsvc-sidecar"
 
 
 class _Gone(Exception):
@@ -42,6 +44,12 @@ class QStashBroker:
     default). Its own defaults (5 retries, up to 7 s apart) would hold Enqueue for 12 s when
     QStash is down; the relay retries later anyway, and the deduplication id makes a retried
     publish harmless.
+
+    ``delivery_parallelism`` (None: unbounded) caps, through QStash's flow control under
+    ``flow_control_key``, how many deliveries of the messages and schedules published here
+    QStash has in flight at once. Set to what the sidecars run at once, it makes a load they
+    cannot finish quickly wait in QStash's queue, instead of being delivered, refused with
+    ``Overloaded`` and retried (each refusal spends one of the job's retries).
     """
 
     def __init__(
@@ -52,14 +60,23 @@ class QStashBroker:
         request_timeout_seconds: float = 10.0,
         client_retries: int = 1,
         client_backoff_seconds: float = 0.1,
+        delivery_parallelism: int | None = None,
+        flow_control_key: str = DEFAULT_FLOW_CONTROL_KEY,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             # The SDK would fall back to QSTASH_URL for an empty one: say so instead.
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
         if request_timeout_seconds <= 0:
             raise ValueError("request_timeout_seconds must be positive")
+        if delivery_parallelism is not None and delivery_parallelism < 1:
+            raise ValueError("delivery_parallelism must be at least 1")
         self.base_url = base_url.rstrip("/")
         self._timeout = request_timeout_seconds
+        self._flow_control: FlowControl | None = (
+            None
+            if delivery_parallelism is None
+            else {"key": flow_control_key, "parallelism": delivery_parallelism}
+        )
         self._client = AsyncQStash(
             token,
             base_url=self.base_url,
@@ -82,6 +99,7 @@ class QStashBroker:
                 timeout=_whole_seconds(delivery.timeout),
                 failure_callback=delivery.failure_callback,
                 label=delivery.job_type.value,
+                flow_control=self._flow_control,
             )
         if not isinstance(response, PublishResponse):  # only a URL group answers with a list
             raise BrokerRejected(f"QStash treated {delivery.url!r} as a URL group")
@@ -94,7 +112,7 @@ class QStashBroker:
             return []
         async with self._call("batch publish"):
             responses = await self._client.message.batch(
-                [_batch_request(delivery) for delivery in deliveries]
+                [_batch_request(delivery, self._flow_control) for delivery in deliveries]
             )
         if len(responses) != len(deliveries):
             raise BrokerUnavailable(
@@ -121,6 +139,7 @@ class QStashBroker:
                 failure_callback=schedule.failure_callback,
                 schedule_id=schedule.schedule_id,
                 label=schedule.job_type.value,
+                flow_control=self._flow_control,
             )
         return schedule_id
 
@@ -201,7 +220,7 @@ def _log_deduplicated(delivery: Delivery, message_id: str) -> None:
     )
 
 
-def _batch_request(delivery: Delivery) -> BatchRequest:
+def _batch_request(delivery: Delivery, flow_control: FlowControl | None) -> BatchRequest:
     # The SDK serialises the batch as JSON: the body goes as text (an envelope is UTF-8 JSON).
     request: BatchRequest = {
         "url": delivery.url,
@@ -220,6 +239,8 @@ def _batch_request(delivery: Delivery) -> BatchRequest:
         request["timeout"] = _whole_seconds(delivery.timeout) or 1
     if delivery.failure_callback is not None:
         request["failure_callback"] = delivery.failure_callback
+    if flow_control is not None:
+        request["flow_control"] = flow_control
     return request
 
 

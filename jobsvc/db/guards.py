@@ -30,8 +30,8 @@ from sqlalchemy import (
     update,
 )
 
-from jobsvc.db.tables import Json, UtcDateTime, job_attempts, job_logs
-from jobsvc.jobs import TRANSITIONS, JobState
+from jobsvc.db.tables import Json, UtcDateTime, job_attempts, job_events, job_logs
+from jobsvc.jobs import REDRIVEN, TRANSITIONS, JobState
 
 LEASE_EXPIRED = "lease expired before the attempt finished"
 
@@ -147,12 +147,27 @@ REQUEUE = _move(
 ).returning(*_COLUMNS)
 # QStash gave up on the job's current message while no attempt of it was running or had failed
 # the job: published anew by the relay at once, to be delivered from p_not_before, under a
-# fresh retry budget.
+# fresh retry budget. A job with no message id recorded counts as that message's too (its
+# publisher stopped between the publish and recording the id), unless that message re-drove
+# it already (a repeated callback).
 REDRIVABLE = frozenset({JobState.PENDING, JobState.RETRYING})
+_MESSAGE_ID = bindparam("p_message_id", type_=Text())
 REDRIVE = _move(
     and_(
         _in(REDRIVABLE),
-        job_logs.c.qstash_message_id == bindparam("p_message_id", type_=Text()),
+        or_(
+            job_logs.c.qstash_message_id == _MESSAGE_ID,
+            and_(
+                job_logs.c.qstash_message_id.is_(None),
+                ~select(job_events.c.job_id)
+                .where(
+                    job_events.c.job_id == job_logs.c.id,
+                    job_events.c.kind == REDRIVEN,
+                    job_events.c.qstash_message_id == _MESSAGE_ID,
+                )
+                .exists(),
+            ),
+        ),
         job_logs.c.redrives < bindparam("p_max_redrives", type_=Integer()),
     ),
     JobState.PENDING,

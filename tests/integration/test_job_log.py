@@ -762,6 +762,12 @@ def test_a_redrive_republishes_a_job_for_its_current_message_only_and_is_bounded
     assert job_log.mark_published(job.id, "msg_3")
     assert _redrive(job_log, job.id, "msg_3", due) is None  # max_redrives reached
 
+    # Published, but its message id never recorded (the publisher stopped in between): the
+    # given-up message re-drives it once.
+    job_log.insert(unrecorded := make_job())
+    assert _redrive(job_log, unrecorded.id, "msg_unrecorded", due) is not None
+    assert _redrive(job_log, unrecorded.id, "msg_unrecorded", due) is None
+
     events = job_log.get(job.id).events
     assert [(e.kind, e.qstash_message_id, e.detail) for e in events] == [
         (REDRIVEN, "msg_1", "msg_1"),

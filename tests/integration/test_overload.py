@@ -24,6 +24,7 @@ import pytest
 
 from jobsvc.adapters.settings import AdapterSettings, HttpSystem
 from jobsvc.broker import Envelope, LocalQStashBroker
+from jobsvc.broker.qstash import DEFAULT_FLOW_CONTROL_KEY
 from jobsvc.jobs import JobType
 from jobsvc.localqstash import LocalQStashSettings
 from jobsvc.localqstash.signing import sign
@@ -91,9 +92,11 @@ async def sidecar_with_one_slot(
     time_scale: float = 1.0,
     port: int | None = None,
     public_port: int | None = None,
+    delivery_parallelism: int | None = 0,
 ) -> AsyncIterator[Sidecar]:
     """The pipeline with one handler slot; QStash calls the sidecar at ``public_port`` (a proxy
-    in front of it), by default its own ``port``."""
+    in front of it), by default its own ``port``. ``delivery_parallelism`` as in ``Settings``:
+    by default 0 (no flow control), so that QStash delivers beyond the slot."""
     port = port or free_port()
     settings = Settings(
         database_url=database_url,
@@ -107,6 +110,7 @@ async def sidecar_with_one_slot(
         handler_timeout=timedelta(seconds=30),
         max_concurrent_handlers=1,
         overload_retry_after=timedelta(seconds=1),
+        delivery_parallelism=delivery_parallelism,
         adapters=AdapterSettings(
             listing_service=HttpSystem(url=external.listing_service_url, timeout_seconds=30),
             crm=HttpSystem(url=external.crm_url),
@@ -214,6 +218,47 @@ async def test_a_delivery_beyond_the_bound_is_answered_at_once_and_runs_on_the_r
         assert done_first.attempts == 1
         assert done_second.attempts == 1  # the refused deliveries left no attempt behind
         assert len(external.requests_to(LISTING_SERVICE)) == 2
+
+
+async def test_flow_control_keeps_deliveries_beyond_the_bound_queued_in_qstash(
+    database_url: str, external: ExternalSystems, tmp_path: Path
+) -> None:
+    # The default: QStash is asked for as many deliveries in flight as the sidecar runs
+    # handlers (one here), so the second job waits in QStash's queue instead of being
+    # delivered, refused and retried.
+    async with sidecar_with_one_slot(
+        database_url, external, tmp_path / "outbox", delivery_parallelism=None
+    ) as sidecar:
+        external.hold(LISTING_SERVICE)
+        broker = sidecar.parts.broker
+        assert isinstance(broker, LocalQStashBroker)
+        with actions_logged("jobsvc") as log:
+            first = await sidecar.enqueue_match()
+
+            async def one_held() -> bool | None:
+                return True if external.held(LISTING_SERVICE) == 1 else None
+
+            await eventually(one_held, what="the first handler to hold its slot", timeout=10)
+            second = await sidecar.enqueue_match()
+            flow_url = f"{broker.base_url}/v2/flowControl/{DEFAULT_FLOW_CONTROL_KEY}"
+            token = broker.server.user.token
+            async with httpx.AsyncClient(timeout=10) as http:
+
+                async def second_waits() -> dict[str, Any] | None:
+                    response = await http.get(
+                        flow_url, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    flow: dict[str, Any] = response.json()
+                    return flow if response.status_code == 200 and flow["waitListSize"] else None
+
+                flow = await eventually(
+                    second_waits, what="the second job to wait in QStash", timeout=10
+                )
+            assert (flow["parallelismMax"], flow["parallelismCount"]) == (1, 1)
+            external.release(LISTING_SERVICE)
+            done = [await sidecar.completed(first), await sidecar.completed(second)]
+        assert [job.attempts for job in done] == [1, 1]
+        assert "delivery_overloaded" not in log.actions
 
 
 async def test_a_job_whose_deliveries_never_reached_a_handler_is_redriven_not_failed(
