@@ -82,6 +82,8 @@ def test_implicit_tls_defaults_to_smtps() -> None:
         ({"JOBSVC_REMINDER_INTERVAL_SECONDS": "-1"}, "JOBSVC_REMINDER_INTERVAL_SECONDS"),
         ({"JOBSVC_SIDECAR_MAX_BODY_BYTES": "0"}, "JOBSVC_SIDECAR_MAX_BODY_BYTES"),
         ({"JOBSVC_SIDECAR_MAX_BODY_BYTES": "big"}, "JOBSVC_SIDECAR_MAX_BODY_BYTES"),
+        ({"JOBSVC_DELIVERY_PARALLELISM": "-1"}, "JOBSVC_DELIVERY_PARALLELISM"),
+        ({"JOBSVC_DELIVERY_PARALLELISM": "many"}, "JOBSVC_DELIVERY_PARALLELISM"),
     ],
 )
 def test_unusable_settings_name_the_variable(environ: dict[str, str], named: str) -> None:
@@ -95,3 +97,18 @@ def test_the_service_settings_carry_them() -> None:
     )
     assert settings.adapters.crm == HttpSystem(url="http://crm")
     assert settings.reminder_interval.total_seconds() == 5
+
+
+@pytest.mark.parametrize(
+    ("environ", "parallelism"),
+    [
+        ({}, 64),
+        ({"JOBSVC_SIDECAR_MAX_CONCURRENT_HANDLERS": "8"}, 8),
+        ({"JOBSVC_SIDECAR_MAX_CONCURRENT_HANDLERS": "8", "JOBSVC_DELIVERY_PARALLELISM": "24"}, 24),
+        ({"JOBSVC_DELIVERY_PARALLELISM": "0"}, None),
+    ],
+)
+def test_flow_control_follows_the_handler_bound_unless_set(
+    environ: dict[str, str], parallelism: int | None
+) -> None:
+    assert Settings.from_env(environ).flow_control_parallelism == parallelism
