@@ -78,4 +78,10 @@ class AsgiServer:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await asyncio.gather(self._task, return_exceptions=True)
+            # uvicorn cancels what outlives the grace but leaves those connections' sockets
+            # open (they leaked, unclosed, until garbage collection): close them here.
+            for connection in list(self._server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
             self._server = None

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -56,11 +57,20 @@ def _create_database(prefix: str, template: str = "template0") -> tuple[str, str
 
 
 def _drop_database(name: str) -> None:
-    # FORCE terminates connections a test may have left open (e.g. an undisposed engine).
-    with psycopg.connect(_admin_url(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    # FORCE terminates connections a test may have left open (e.g. an undisposed engine). A
+    # server restarted meanwhile (by a fault-injection run on the same server, say) ends the
+    # admin connection: connect again, a few times, before calling the drop failed.
+    for attempt in range(5):
+        try:
+            with psycopg.connect(_admin_url(), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            return
+        except psycopg.OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(1)  # the server is restarting; nothing to wait on but time
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,7 @@ def test_a_busy_port_is_named_before_the_database_is_touched(
 
 @pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
 def test_two_parts_given_one_port_are_refused(empty_database_url: str, tmp_path: Path) -> None:
-    with _listening() as port:  # reserved so the port stays free of anyone else's server
+    with _listening() as port:  # a port that was free a moment ago
         pass
     result = _jobsvc(
         "serve",
