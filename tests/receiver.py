@@ -172,6 +172,14 @@ class _Server(uvicorn.Server):
             _, pending = await asyncio.wait(tasks, timeout=2.0)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        # A cancelled request leaves its connection open: close what is left, rather than
+        # leave the sockets to the garbage collector (a ResourceWarning in a later test).
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.close()
 
 
 class Receiver:
