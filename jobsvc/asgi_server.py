@@ -80,8 +80,15 @@ class AsgiServer:
             await asyncio.gather(self._task, return_exceptions=True)
             # uvicorn cancels what outlives the grace but leaves those connections' sockets
             # open (they leaked, unclosed, until garbage collection): close them here.
-            for connection in list(self._server.server_state.connections):
-                transport = getattr(connection, "transport", None)
-                if transport is not None:
-                    transport.close()
+            left = [
+                transport
+                for connection in list(self._server.server_state.connections)
+                if (transport := getattr(connection, "transport", None)) is not None
+            ]
+            for transport in left:
+                transport.close()
+            if left:
+                # close() lets go of the socket in the loop's next turn: take that turn, or a
+                # caller that closes the loop next leaves the socket open after all.
+                await asyncio.sleep(0)
             self._server = None

@@ -176,10 +176,15 @@ class _Server(uvicorn.Server):
                 await asyncio.wait(pending)
         # A cancelled request leaves its connection open: close what is left, rather than
         # leave the sockets to the garbage collector (a ResourceWarning in a later test).
-        for connection in list(self.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.close()
+        left = [
+            transport
+            for connection in list(self.server_state.connections)
+            if (transport := getattr(connection, "transport", None)) is not None
+        ]
+        for transport in left:
+            transport.close()
+        if left:
+            await asyncio.sleep(0)  # the socket is let go of in the loop's next turn
 
 
 class Receiver:
